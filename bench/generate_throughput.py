@@ -1,0 +1,49 @@
+"""Generation tokens/s with and without the KV cache.
+
+    python bench/generate_throughput.py [--model trained/llama_1m] [--new_tokens 256] [--batch_size 1]
+
+Without the cache every new token recomputes the whole sequence (the original template's way).
+Compare the ratio printed at the end, measured in this one run.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import inference  # noqa: E402
+
+
+def measure(model, tokenizer, prompts, new_tokens, use_cache, repeats):
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = inference.generate(model, tokenizer, prompts, max_new_tokens=new_tokens, stop_at_eot=False,
+                                 use_cache=use_cache, seed=0, return_ids=True)
+        best = min(best, time.perf_counter() - start)
+    return out.numel() / best
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=inference.DEFAULT_MODEL)
+    p.add_argument("--new_tokens", type=int, default=256)
+    p.add_argument("--batch_size", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args()
+    model, tokenizer, cfg = inference.load_model(args.model, args.device)
+    prompts = ["Once upon a time"] * args.batch_size
+    print(f"{args.model}: {args.new_tokens} new tokens, batch {args.batch_size}, {next(model.parameters()).device}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads (best of {args.repeats})")
+    cached = measure(model, tokenizer, prompts, args.new_tokens, True, args.repeats)
+    print(f"  KV cache             {cached:>9,.0f} tokens/s")
+    full = measure(model, tokenizer, prompts, args.new_tokens, False, args.repeats)
+    print(f"  full recomputation   {full:>9,.0f} tokens/s")
+    print(f"  speed-up             {cached / full:>9.1f}x")
+
+
+if __name__ == "__main__":
+    main()

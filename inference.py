@@ -1,0 +1,172 @@
+"""Load a trained model and sample stories: `load_model`, batched KV-cached `generate`, a CLI.
+
+    python inference.py --prompt "Once upon a time"            # streams from trained/llama_1m
+    python inference.py --model trained/NAME --prompt "Tom" --temperature 0.7 --top_p 0.9
+
+Prompts are encoded after an <|endoftext|> token, as every story is in training. An empty
+prompt starts a story from scratch. Every Unicode string encodes (byte-level tokenizers). A
+prompt longer than the context is an error; generation stops at <|endoftext|>, after
+max_new_tokens, or when the context (max_seq_len) is full, whichever comes first.
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+import config
+import data
+import tools
+from modules import build_model
+
+DEFAULT_MODEL = os.path.join(config.ROOT, "trained", "llama_1m")
+
+
+def load_model(path=DEFAULT_MODEL, device="auto", **overrides):
+    """(model in eval mode, tokenizer, ModelConfig) from a run folder. Weights are read with
+    safetensors (no pickle, no code execution). `overrides` replace ModelConfig fields."""
+    cfg_path = os.path.join(path, "model_config.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"no trained model at {path!r}: {cfg_path} is missing "
+                                "(train one with `python train.py --name NAME`, then pass --model trained/NAME)")
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            fields = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
+    cfg = config.from_dict(config.ModelConfig, {**fields, **overrides}, source=cfg_path)
+    model = build_model(cfg)
+    tools.load_weights(model, os.path.join(path, "model.safetensors"))
+    return model.to(tools.pick_device(device)).eval(), data.load_tokenizer(cfg.tokenizer), cfg
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, min_p=None, generator=None):
+    """Sample one id per row from logits (B, V). temperature 0 = greedy. Filters, applied in
+    this order: top_k keeps the k most likely; top_p keeps the smallest set whose probability
+    reaches p; min_p drops tokens below min_p * (top probability)."""
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} is invalid: must be >= 0 (0 = greedy)")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k={top_k} is invalid: must be a positive integer or None")
+    for name, v in (("top_p", top_p), ("min_p", min_p)):
+        if v is not None and not 0 < v <= 1:
+            raise ValueError(f"{name}={v} is invalid: must be in (0, 1] or None")
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    if top_p is not None and top_p < 1:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        drop = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, mass_before >= top_p)
+        probs = probs.masked_fill(drop, 0.0)
+    if min_p is not None:
+        probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def encode_prompts(tokenizer, prompts, max_seq_len):
+    """Left-padded (B, P) ids and (B,) pad counts; each prompt is [<|endoftext|>] + its tokens."""
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list of strings, e.g. ['Once upon a time']")
+    ids = [[data.EOT_ID] + tokenizer.encode(p).ids for p in prompts]
+    longest = max(map(len, ids))
+    if longest >= max_seq_len:
+        raise ValueError(f"a prompt is {longest} tokens long but the model's context is max_seq_len={max_seq_len}; "
+                         "shorten the prompt so at least one token can be generated")
+    tokens = torch.full((len(ids), longest), data.PAD_ID, dtype=torch.long)
+    for row, seq in enumerate(ids):
+        tokens[row, longest - len(seq):] = torch.tensor(seq)
+    return tokens, torch.tensor([longest - len(s) for s in ids])
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts, max_new_tokens=200, temperature=1.0, top_k=None, top_p=None,
+             min_p=None, seed=None, stop_at_eot=True, use_cache=True, on_token=None, return_ids=False):
+    """Continue each prompt; returns the list of generated continuations (text, prompt excluded;
+    with return_ids=True the (B, steps) tensor of generated ids, padding after a row's end).
+
+    prompts: list of strings of any lengths (left-padded into one batch). use_cache=False
+    recomputes the whole sequence for every new token (same result, much slower; for tests and
+    benchmarks). on_token(step, new_ids (B,)) is called after every step (for streaming)."""
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} is invalid: must be a positive integer")
+    device = next(model.parameters()).device
+    tokens, pad = encode_prompts(tokenizer, prompts, model.cfg.max_seq_len)
+    tokens, pad = tokens.to(device), pad.to(device)
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    steps = min(max_new_tokens, model.cfg.max_seq_len - tokens.shape[1])
+    new = torch.empty(len(prompts), 0, dtype=torch.long, device=device)
+    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    cache = model.new_cache(len(prompts), pad) if use_cache else None
+    next_input = tokens
+    for step in range(steps):
+        if not use_cache:  # full recomputation: a fresh cache over everything so far
+            cache, next_input = model.new_cache(len(prompts), pad), torch.cat([tokens, new], dim=1)
+        logits, _, _ = model(next_input, cache=cache)
+        next_id = sample_next(logits[:, -1], temperature, top_k, top_p, min_p, generator)
+        next_id = next_id.masked_fill(finished, data.PAD_ID)
+        new = torch.cat([new, next_id[:, None]], dim=1)
+        if on_token is not None:
+            on_token(step, next_id)
+        if stop_at_eot:
+            finished |= next_id == data.EOT_ID
+            if bool(finished.all()):
+                break
+        next_input = next_id[:, None]
+    if return_ids:
+        return new
+    return [decode_continuation(tokenizer, row.tolist()) for row in new]
+
+
+def decode_continuation(tokenizer, ids):
+    """Text of generated ids, cut at the first <|endoftext|>."""
+    if data.EOT_ID in ids:
+        ids = ids[:ids.index(data.EOT_ID)]
+    return tokenizer.decode([i for i in ids if i != data.PAD_ID])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="run folder (default trained/llama_1m)")
+    parser.add_argument("--prompt", default="Once upon a time", help="text to continue ('' = a new story)")
+    parser.add_argument("--num_samples", type=int, default=1, help="stories to sample (batched)")
+    parser.add_argument("--max_new_tokens", type=int, default=300)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    parser.add_argument("--top_k", type=int, default=None)
+    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--min_p", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
+    config.add_config_arguments(parser, classes=(config.ModelConfig,),
+                                title="ModelConfig fields (override the trained model's config; shapes must still match)")
+    args = parser.parse_args(argv)
+    try:
+        model, tokenizer, _ = load_model(args.model, args.device, **config.overrides_from_args(args, (config.ModelConfig,)))
+        kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                      top_p=args.top_p, min_p=args.min_p, seed=args.seed)
+        if args.num_samples == 1:  # stream the story as it is written
+            print(args.prompt, end="", flush=True)
+            ids = []
+
+            def show(_, next_id):
+                before = decode_continuation(tokenizer, ids)
+                ids.append(int(next_id[0]))
+                print(decode_continuation(tokenizer, ids)[len(before):], end="", flush=True)
+
+            generate(model, tokenizer, [args.prompt], on_token=show, **kwargs)
+            print()
+        else:
+            for i, text in enumerate(generate(model, tokenizer, [args.prompt] * args.num_samples, **kwargs)):
+                print(f"--- sample {i + 1} ---\n{args.prompt}{text}\n")
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

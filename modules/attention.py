@@ -1,0 +1,114 @@
+"""Causal self-attention (multi-head, grouped-query, multi-query) with RoPE and a KV cache.
+
+Shapes: B batch, T new positions, H query heads, K key/value heads, D head_dim.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modules.logging import LoggingModule, log_io
+
+
+class KVCache:
+    """Key/value buffers of every layer for incremental decoding.
+
+    k, v: (num_layers, B, K, max_len, D). `length` slots are filled. `pad` (B,) counts the
+    left-padding slots of each row (batched prompts of different lengths are left-padded):
+    those slots are never attended to, and positions are counted from each row's first real token.
+    """
+
+    def __init__(self, num_layers, batch_size, num_kv_heads, max_len, head_dim, device, dtype, pad=None):
+        shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len, self.length = max_len, 0
+        self.pad = torch.zeros(batch_size, dtype=torch.long, device=device) if pad is None else pad.to(device)
+
+    def positions(self, num_new):
+        """(B, num_new) position of each new token, counted from its row's first real token."""
+        slots = torch.arange(self.length, self.length + num_new, device=self.pad.device)
+        return (slots[None, :] - self.pad[:, None]).clamp_min(0)
+
+    def attention_mask(self, num_new):
+        """(B, 1, num_new, length + num_new) bool, or None when a plain causal mask suffices."""
+        if not bool(self.pad.any()):
+            return None
+        q = torch.arange(self.length, self.length + num_new, device=self.pad.device)[:, None]
+        k = torch.arange(self.length + num_new, device=self.pad.device)[None, :]
+        real = k[None] >= self.pad[:, None, None]
+        # a padding query may see itself, so no row is empty (its output is never used)
+        return (((k <= q)[None] & real) | (k == q)[None])[:, None]
+
+
+class RotaryEmbedding(LoggingModule):
+    """RoPE (rotate-half form). cos/sin tables are computed once for max_seq_len positions."""
+
+    def __init__(self, head_dim, max_seq_len, theta=10000.0):
+        super().__init__()
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+        angles = torch.outer(torch.arange(max_seq_len).float(), inv_freq)  # (max_seq_len, D/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    @log_io
+    def forward(self, x, positions):
+        """x: (B, heads, T, D); positions: (T,) or (B, T). Returns x rotated, same shape."""
+        cos, sin = self.cos[positions], self.sin[positions]  # (T, D/2) or (B, T, D/2)
+        if cos.dim() == 3:
+            cos, sin = cos[:, None], sin[:, None]
+        x1, x2 = x.float().chunk(2, dim=-1)
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).type_as(x)
+
+
+class Attention(LoggingModule):
+    """(B, T, dim) -> (B, T, dim). One fused qkv projection, scaled_dot_product_attention, output projection."""
+
+    def __init__(self, cfg, layer_idx):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_q_heads, self.num_kv_heads, self.head_dim = cfg.num_q_heads, cfg.num_kv_heads, cfg.head_dim
+        self.dropout = cfg.dropout
+        qkv_dim = (cfg.num_q_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
+        self.qkv = nn.Linear(cfg.dim, qkv_dim, bias=cfg.linear_bias)
+        self.out = nn.Linear(cfg.num_q_heads * cfg.head_dim, cfg.dim, bias=cfg.linear_bias)
+        self.out.is_residual_out = True
+        self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta) if cfg.pos_encoding == "rope" else None
+
+    @log_io
+    def project_qkv(self, x, positions):
+        """(B, T, dim) -> q (B, H, T, D), k and v (B, K, T, D), RoPE applied to q and k."""
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, -1, self.head_dim).transpose(1, 2).split(
+            [self.num_q_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
+        if self.rope is not None:
+            q, k = self.rope(q, positions), self.rope(k, positions)
+        return q, k, v
+
+    @log_io
+    def attend(self, q, k, v, mask=None, is_causal=True):
+        """q (B, H, T, D), k/v (B, K, S, D) -> (B, H, T, D); K divides H (grouped-query)."""
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+            dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.num_q_heads != self.num_kv_heads)
+
+    def read_cache(self, k, v, cache):
+        """Write the new k/v into the cache; return all cached k/v, the mask and whether it is causal."""
+        start, end = cache.length, cache.length + k.shape[2]
+        cache.k[self.layer_idx, :, :, start:end] = k
+        cache.v[self.layer_idx, :, :, start:end] = v
+        mask = cache.attention_mask(k.shape[2])
+        # one new token sees every cached slot; a prompt written at slot 0 needs the causal mask
+        is_causal = start == 0 and k.shape[2] > 1
+        if mask is None and start > 0 and k.shape[2] > 1:  # several new tokens after a prefix: explicit mask
+            mask = torch.ones(end - start, end, dtype=torch.bool, device=k.device).tril(start)
+        return cache.k[self.layer_idx, :, :, :end], cache.v[self.layer_idx, :, :, :end], mask, is_causal
+
+    @log_io
+    def forward(self, x, positions, cache=None):
+        B, T, _ = x.shape
+        q, k, v = self.project_qkv(x, positions)
+        mask, is_causal = None, True
+        if cache is not None:
+            k, v, mask, is_causal = self.read_cache(k, v, cache)
+        y = self.attend(q, k, v, mask, is_causal)
+        return self.out(y.transpose(1, 2).reshape(B, T, -1))

@@ -1,0 +1,107 @@
+"""The baseline language model: Llama- or GPT-2-style, chosen by ModelConfig flags.
+
+Contract kept by every architecture (see README, "Adding an architecture"):
+  model = build_model(cfg)
+  logits, loss, terms = model(tokens, targets=None, cache=None)
+      tokens (B, T) int64 -> logits (B, T, vocab); loss is a scalar when targets (B, T) are
+      given (positions whose target is the padding id are ignored), else None; terms is a
+      dict of extra named loss terms (empty here), logged as their own columns.
+  cache = model.new_cache(batch_size, pad)   incremental decoding; logits equal the full pass
+  model.no_weight_decay()                    names of parameters that take no weight decay
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modules.attention import Attention, KVCache
+from modules.layer import ResidualLayer, make_norm
+from modules.logging import LoggingModule, log_io
+
+PAD_ID = 1  # every tokenizer in tokenizers/ has <|endoftext|> = 0 and <|pad|> = 1
+
+
+def sinusoidal_table(max_len, dim, theta=10000.0):
+    """(max_len, dim) fixed sin/cos position table (Vaswani et al.)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2).float() / dim)
+    angles = torch.outer(torch.arange(max_len).float(), inv_freq)
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)
+
+
+class GPT(LoggingModule):
+    """Token embedding -> num_layers residual layers -> final norm -> output head."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        if cfg.pos_encoding == "learned":
+            self.pos_embed = nn.Embedding(cfg.max_seq_len, cfg.dim)
+        elif cfg.pos_encoding == "sinusoidal":
+            self.register_buffer("pos_table", sinusoidal_table(cfg.max_seq_len, cfg.dim, cfg.rope_theta), persistent=False)
+        self.layers = nn.ModuleList(self.make_layer(cfg, i) for i in range(cfg.num_layers))
+        self.final_norm = make_norm(cfg)
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.apply(self._init_weights)
+
+    def make_layer(self, cfg, layer_idx):
+        """One residual layer; architectures that only change the mixer or MLP override this."""
+        return ResidualLayer(cfg, Attention(cfg, layer_idx))
+
+    def _init_weights(self, module):
+        std = self.cfg.init_std
+        if isinstance(module, nn.Linear):
+            # residual-branch outputs shrink with depth so the stream's variance stays O(1) (GPT-2)
+            scale = 1 / math.sqrt(2 * self.cfg.num_layers) if getattr(module, "is_residual_out", False) else 1.0
+            nn.init.normal_(module.weight, std=std * scale)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+
+    def no_weight_decay(self):
+        """Names of parameters without weight decay (besides all vectors, which never take it)."""
+        return {"pos_embed.weight"} if self.cfg.pos_encoding == "learned" else set()
+
+    def new_cache(self, batch_size, pad=None):
+        """An empty KV cache for batch_size rows; pad (B,) = left-padding slots per row."""
+        p = next(self.parameters())
+        return KVCache(self.cfg.num_layers, batch_size, self.cfg.num_kv_heads, self.cfg.max_seq_len,
+                       self.cfg.head_dim, p.device, p.dtype, pad)
+
+    @log_io
+    def embed_tokens(self, tokens, positions):
+        """(B, T) ids -> (B, T, dim)."""
+        x = self.embed(tokens)
+        if self.cfg.scale_embedding:
+            x = x * math.sqrt(self.cfg.dim)
+        if self.cfg.pos_encoding == "learned":
+            x = x + self.pos_embed(positions)
+        elif self.cfg.pos_encoding == "sinusoidal":
+            x = x + self.pos_table[positions]
+        return x
+
+    @log_io
+    def output_logits(self, x):
+        """(B, T, dim) -> (B, T, vocab)."""
+        x = self.final_norm(x)
+        return self.head(x) if self.head is not None else x @ self.embed.weight.t()
+
+    @log_io
+    def forward(self, tokens, targets=None, cache=None):
+        B, T = tokens.shape
+        start = 0 if cache is None else cache.length
+        if start + T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
+        positions = torch.arange(T, device=tokens.device) if cache is None else cache.positions(T)
+        x = self.embed_tokens(tokens, positions)
+        for layer in self.layers:
+            x = layer(x, positions, cache)
+        if cache is not None:
+            cache.length += T
+        logits = self.output_logits(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=PAD_ID)
+        return logits, loss, {}

@@ -1,0 +1,101 @@
+"""Small shared helpers: device choice, seeding, parameter counts, atomic checkpoint files."""
+import contextlib
+import os
+import random
+
+import numpy as np
+import torch
+import safetensors.torch
+
+import config
+
+
+def pick_device(name="auto"):
+    """'auto' -> cuda, then mps, then cpu; an explicit name is checked for availability."""
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if name == "auto":
+        return torch.device(next(d for d in ("cuda", "mps", "cpu") if available[d]))
+    if name not in available:
+        raise ValueError(f"device={name!r} is invalid: must be one of ['auto', 'cuda', 'mps', 'cpu']")
+    if not available[name]:
+        raise ValueError(f"device={name!r} is not available on this machine; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def autocast_enabled(setting, device):
+    """bf16 autocast: 'on'/'off', or 'auto' = on where bf16 matmuls are fast (CUDA with bf16, CPUs with AVX-512 BF16/AMX)."""
+    if setting != "auto":
+        return setting == "on"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX") or _cpu_has_bf16()
+    return False
+
+
+def _cpu_has_bf16():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        return False
+
+
+def autocast(device, enabled):
+    """Context manager: bf16 autocast on `device` when enabled, else nothing."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def compile_enabled(setting, device):
+    """torch.compile: 'on'/'off', or 'auto' = on for cuda and cpu (mps support is partial)."""
+    return setting == "on" or (setting == "auto" and device.type in ("cuda", "cpu"))
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def count_parameters(model):
+    """(total, embedding) unique parameter counts; tied matrices are counted once."""
+    params = {id(p): (name, p) for name, p in model.named_parameters()}.values()
+    total = sum(p.numel() for _, p in params)
+    embedding = sum(p.numel() for name, p in params if "embed" in name)
+    return total, embedding
+
+
+def atomic_save(save, path):
+    """Run save(tmp_path), then rename onto path, so a crash never leaves a half-written file."""
+    tmp = f"{path}.tmp"
+    save(tmp)
+    os.replace(tmp, path)
+
+
+def save_weights(model, path):
+    """safetensors file of the model's parameters and buffers (shared tensors stored once)."""
+    atomic_save(lambda p: safetensors.torch.save_model(model, p), path)
+
+
+def load_weights(model, path):
+    """Load a safetensors file into model; no pickle, so no code runs. Clear errors when it is
+    missing, corrupt, or made for another config."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no weights file at {path}")
+    try:
+        missing, unexpected = safetensors.torch.load_model(model, path, strict=False)
+    except Exception as e:
+        raise ValueError(f"weights file {path} is unreadable or does not fit the model config: "
+                         f"{str(e).splitlines()[0][:300]}") from None
+    if missing or unexpected:
+        raise ValueError(f"weights file {path} does not match the model config: "
+                         f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+    return model
+
+
+def run_dir(train_cfg):
+    out = train_cfg.out_dir if os.path.isabs(train_cfg.out_dir) else os.path.join(config.ROOT, train_cfg.out_dir)
+    return os.path.join(out, train_cfg.name)

@@ -1,0 +1,308 @@
+"""Train a model: `train(model_cfg, train_cfg)` from a notebook, or the CLI over it.
+
+    python train.py                                   # the llama_1m preset
+    python train.py --preset gpt2_1m --name my_gpt2 --max_steps 300 --dim 96
+    python train.py --resume trained/my_gpt2          # continue an interrupted run exactly
+
+Writes trained/NAME/: model_config.json, train_config.json, model.safetensors, log_data.csv
+(one row per evaluation) and checkpoint.pt (resumable: weights, optimizer, step, RNG states).
+"""
+import argparse
+import csv
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+import config
+import data
+import tools
+from modules import build_model
+
+LOG_COLUMNS = ["step", "tokens", "elapsed_s", "lr", "train_loss", "val_loss", "val_loss_se", "val_bpc",
+               "tokens_per_s", "grad_norm"]
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+# --- learning-rate schedule ---------------------------------------------------------------------
+def lr_at(step, cfg):
+    """Learning rate for optimizer step `step` (0-based) under TrainConfig cfg."""
+    min_lr = cfg.lr * cfg.min_lr_ratio
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if cfg.lr_schedule == "wsd":  # warmup, stable at lr, then linear decay over the last decay_steps
+        decay_start = cfg.max_steps - cfg.decay_steps
+        if step < decay_start:
+            return cfg.lr
+        progress = (step - decay_start + 1) / max(1, cfg.decay_steps)
+        return cfg.lr + (min_lr - cfg.lr) * progress
+    progress = (step - cfg.warmup_steps + 1) / max(1, cfg.max_steps - cfg.warmup_steps)
+    if cfg.lr_schedule == "linear":
+        return cfg.lr + (min_lr - cfg.lr) * progress
+    return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * progress))  # cosine
+
+
+def plot_lr_schedule(train_cfg, ax=None):
+    """Plot the learning rate against step; returns the matplotlib Axes."""
+    import matplotlib.pyplot as plt
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3))
+    steps = range(train_cfg.max_steps)
+    ax.plot(steps, [lr_at(s, train_cfg) for s in steps])
+    ax.set(xlabel="step", ylabel="learning rate", title=f"{train_cfg.lr_schedule} schedule")
+    ax.grid(alpha=0.3)
+    return ax
+
+
+# --- optimizer ----------------------------------------------------------------------------------
+def make_optimizer(model, cfg, device):
+    """AdamW; weight decay only on weight matrices not named in model.no_weight_decay()."""
+    skip = model.no_weight_decay()
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if p.dim() >= 2 and n not in skip]
+    no_decay = [p for n, p in params if p.dim() < 2 or n in skip]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    try:
+        return torch.optim.AdamW(groups, fused=device.type in ("cuda", "cpu", "mps"), **kwargs)
+    except (RuntimeError, TypeError):  # fused kernel unavailable for this device/build
+        return torch.optim.AdamW(groups, **kwargs)
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model, val_x, val_y, batch_size, device, use_autocast):
+    """Mean loss over fixed validation windows, and its standard error across windows."""
+    was_training = model.training
+    model.eval()
+    losses = []
+    for i in range(0, len(val_x), batch_size):
+        x, y = val_x[i:i + batch_size].to(device), val_y[i:i + batch_size].to(device)
+        with tools.autocast(device, use_autocast):
+            logits, _, _ = model(x)
+        per_token = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), y, reduction="none",
+                                                      ignore_index=data.PAD_ID)
+        losses.append(per_token.mean(dim=1).cpu())
+    model.train(was_training)
+    losses = torch.cat(losses)
+    se = (losses.std() / math.sqrt(len(losses))).item() if len(losses) > 1 else float("nan")
+    return losses.mean().item(), se
+
+
+# --- run folder ---------------------------------------------------------------------------------
+def _append_log(path, row):
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _truncate_log(path, last_step):
+    """Keep only log rows up to last_step (rows written after the checkpoint we resume from)."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    kept = [r for r in rows if int(r["step"]) <= last_step]
+    tools.atomic_save(lambda p: _write_rows(p, rows[0].keys(), kept), path)
+
+
+def _write_rows(path, columns, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _save_checkpoint(path, model, optimizer, state):
+    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}
+    tools.atomic_save(lambda p: torch.save(payload, p), path)
+
+
+# --- training -----------------------------------------------------------------------------------
+class _StopRequest:
+    """Ctrl-C sets a flag; the loop stops after the current step, so the checkpoint is consistent."""
+
+    def __init__(self):
+        self.requested, self.previous = False, None
+
+    def __enter__(self):
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: Ctrl-C raises KeyboardInterrupt as usual
+            self.previous = None
+        return self
+
+    def _handle(self, *_):
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *_):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True):
+    """Train model_cfg under train_cfg; returns the run folder. With resume=True, weights,
+    optimizer, step, RNG states and data position come from the folder's checkpoint.pt
+    (use `resume_run`, which also reads the folder's configs)."""
+    out = tools.run_dir(train_cfg)
+    ckpt_path = os.path.join(out, "checkpoint.pt")
+    log_path = os.path.join(out, "log_data.csv")
+    if resume and not os.path.isfile(ckpt_path):
+        raise FileNotFoundError(f"cannot resume: no checkpoint.pt in {out}")
+    if not resume:
+        if os.path.exists(out) and os.listdir(out):
+            if not overwrite:
+                raise FileExistsError(f"run folder {out} already exists: resume it (--resume {out}), "
+                                      "pick another --name, or pass --overwrite")
+            shutil.rmtree(out)
+        os.makedirs(out, exist_ok=True)
+        config.save_json(model_cfg, os.path.join(out, "model_config.json"))
+        config.save_json(train_cfg, os.path.join(out, "train_config.json"))
+
+    device = tools.pick_device(train_cfg.device)
+    use_autocast = tools.autocast_enabled(train_cfg.autocast, device)
+    train_data = data.get_token_data("train", model_cfg.tokenizer, train_cfg.data_dir)
+    val_data = data.get_token_data("valid", model_cfg.tokenizer, train_cfg.data_dir)
+    val_x, val_y = data.validation_windows(val_data.tokens, model_cfg.max_seq_len, train_cfg.eval_tokens)
+
+    tools.seed_everything(train_cfg.seed)
+    model = build_model(model_cfg).to(device)
+    optimizer = make_optimizer(model, train_cfg, device)
+    batch_rng = torch.Generator().manual_seed(train_cfg.seed)  # the data position: its state is checkpointed
+    state = {"step": 0, "elapsed_s": 0.0, "loss_sum": 0.0, "loss_count": 0}
+    if resume:
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        batch_rng.set_state(ckpt["batch_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in ckpt:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"])
+        state = {k: ckpt[k] for k in state}
+        _truncate_log(log_path, state["step"])
+    step_model = torch.compile(model) if tools.compile_enabled(train_cfg.compile, device) else model
+
+    total, embedding = tools.count_parameters(model)
+    tokens_per_step = train_cfg.batch_size * train_cfg.grad_accum_steps * model_cfg.max_seq_len
+    print(f"{model_cfg.model_type} '{train_cfg.name}': {total:,} parameters ({total - embedding:,} non-embedding) "
+          f"on {device}, autocast={'bf16' if use_autocast else 'off'}, "
+          f"compile={'on' if step_model is not model else 'off'}; {tokens_per_step:,} tokens/step, "
+          f"{len(val_x)} validation windows" + (f"; resuming at step {state['step']}" if resume else ""))
+
+    def save_checkpoint():
+        extra = {"torch_rng": torch.get_rng_state(), "batch_rng": batch_rng.get_state(), **state}
+        if device.type == "cuda":
+            extra["cuda_rng"] = torch.cuda.get_rng_state()
+        _save_checkpoint(ckpt_path, model, optimizer, extra)
+        tools.save_weights(model, os.path.join(out, "model.safetensors"))
+
+    bar = tqdm(total=train_cfg.max_steps, initial=state["step"], disable=not progress, desc=train_cfg.name,
+               dynamic_ncols=True)
+    model.train()
+    session_start, elapsed_before = time.time(), state["elapsed_s"]
+    interval_steps, interval_train_s, grad_norm = 0, 0.0, float("nan")
+    with _StopRequest() as stop:
+        while state["step"] < train_cfg.max_steps and not stop.requested:
+            step_start = time.time()
+            step = state["step"]
+            lr = lr_at(step, train_cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_loss = 0.0
+            for _ in range(train_cfg.grad_accum_steps):
+                x, y = data.sample_batch(train_data.tokens, train_cfg.batch_size, model_cfg.max_seq_len, batch_rng)
+                with tools.autocast(device, use_autocast):
+                    _, loss, terms = step_model(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+                (loss / train_cfg.grad_accum_steps).backward()
+                step_loss += loss.item() / train_cfg.grad_accum_steps
+            if not math.isfinite(step_loss):
+                bar.close()
+                raise NonFiniteLoss(f"loss became {step_loss} at step {step}; the run stopped there. "
+                                    f"The last good checkpoint is {ckpt_path} (if one was written); "
+                                    "try a lower --lr or --grad_clip")
+            if train_cfg.grad_clip > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip).item()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            state["loss_sum"] += step_loss
+            state["loss_count"] += 1
+            state["elapsed_s"] = elapsed_before + time.time() - session_start
+            interval_steps += 1
+            interval_train_s += time.time() - step_start
+            bar.update(1)
+
+            done = state["step"] == train_cfg.max_steps
+            if state["step"] % train_cfg.eval_interval == 0 or done:
+                tok_s = interval_steps * tokens_per_step / max(interval_train_s, 1e-9)
+                val_loss, val_se = evaluate(model, val_x, val_y, train_cfg.batch_size, device, use_autocast)
+                row = {"step": state["step"], "tokens": state["step"] * tokens_per_step,
+                       "elapsed_s": round(state["elapsed_s"], 2), "lr": lr,
+                       "train_loss": state["loss_sum"] / state["loss_count"], "val_loss": val_loss,
+                       "val_loss_se": val_se, "val_bpc": data.bits_per_char(val_loss, val_data),
+                       "tokens_per_s": round(tok_s, 1), "grad_norm": grad_norm,
+                       **{k: float(v) for k, v in terms.items()}}
+                _append_log(log_path, row)
+                bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{val_loss:.3f}",
+                                bpc=f"{row['val_bpc']:.3f}", lr=f"{lr:.1e}", tok_s=f"{tok_s:,.0f}")
+                state["loss_sum"], state["loss_count"] = 0.0, 0
+                interval_steps, interval_train_s = 0, 0.0
+            if state["step"] % train_cfg.checkpoint_interval == 0 or done:
+                save_checkpoint()
+        bar.close()
+        if stop.requested and state["step"] < train_cfg.max_steps:
+            save_checkpoint()
+            print(f"interrupted: saved step {state['step']} to {out}; continue with `python train.py --resume {out}`")
+    return out
+
+
+def resume_run(run_dir, progress=True):
+    """Continue the run saved in run_dir from its checkpoint, with the configs stored there."""
+    run_dir = os.path.abspath(run_dir.rstrip("/"))
+    paths = [os.path.join(run_dir, f) for f in ("model_config.json", "train_config.json", "checkpoint.pt")]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"cannot resume {run_dir}: missing {missing}")
+    model_cfg = config.load_json(config.ModelConfig, paths[0])
+    train_cfg = config.load_json(config.TrainConfig, paths[1])
+    train_cfg.out_dir, train_cfg.name = os.path.dirname(run_dir), os.path.basename(run_dir)
+    return train(model_cfg, train_cfg, resume=True, progress=progress)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="llama_1m", help=f"one of {list(config.PRESETS)} (default llama_1m)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in this folder")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing run folder of the same name")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    config.add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        if args.resume:
+            resume_run(args.resume, progress=not args.no_progress)
+        else:
+            model_cfg, train_cfg = config.get_preset(args.preset, **config.overrides_from_args(args))
+            train(model_cfg, train_cfg, overwrite=args.overwrite, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, FileExistsError, data.DataUnavailable, NonFiniteLoss) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
