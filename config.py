@@ -78,13 +78,17 @@ class ModelConfig:
     tie_embeddings: bool = True        # output head shares the token-embedding matrix
     dropout: float = 0.0               # dropout on attention probabilities and branch outputs while training; 0-0.5, 0 for short runs
     init_std: float = 0.02             # std of the normal init of weight matrices (residual outputs scaled by 1/sqrt(2*num_layers))
+    # --- Fractal-Head Attention (model_type='fha'; see modules/fractal_head_attention.py) ---------
+    fractal_split: int = 2             # s: query head i is split into s**i sub-heads of size head_dim / s**i; 1 = ordinary attention
+    fractal_scale: str = "full"        # full: logits / sqrt(head_dim) for every sub-head (original) | per_head: / sqrt(sub-head size)
+    fractal_rope: str = "subband"      # subband: sub-head r uses band r of the full-size RoPE frequencies (original) | per_head: fresh RoPE at the sub-head size
     # --- derived (filled in by __post_init__, not set by hand) ---------------------------------
     vocab_size: int = field(init=False, default=0)      # from the tokenizer file
     mlp_hidden_dim: int = field(init=False, default=0)  # from dim, mlp_hidden_mult, mlp_gated
 
     def __post_init__(self):
-        from modules import registered_types  # the registry is the single list of model types
-        _choice("model_type", self.model_type, registered_types())
+        import modules  # lazily: the registry is the single list of model types and their own checks
+        _choice("model_type", self.model_type, modules.registered_types())
         _choice("tokenizer", self.tokenizer, tokenizer_names())
         _positive(self, "max_seq_len", "dim", "num_layers", "num_q_heads", "num_kv_heads")
         _check(isinstance(self.head_dim, int) and self.head_dim >= 0, "head_dim", self.head_dim,
@@ -110,6 +114,7 @@ class ModelConfig:
         self.vocab_size = tokenizer_vocab_size(self.tokenizer)
         hidden = self.dim * self.mlp_hidden_mult * (2 / 3 if self.mlp_gated else 1)
         self.mlp_hidden_dim = max(1, int(hidden))
+        modules.validate_config(self)
 
 
 @dataclass
@@ -179,6 +184,14 @@ PRESETS = {
                     mlp_gated=False, mlp_hidden_mult=4.0, norm_type="layernorm", norm_bias=True, linear_bias=True,
                     pos_encoding="learned", scale_embedding=False, tie_embeddings=True, tokenizer="bpe2048",
                     max_seq_len=512),
+    # Fractal-Head Attention sized like the original shipped model (3 query heads: 1x64, 2x32, 4x16)
+    "fha_1m": dict(model_type="fha", dim=64, num_layers=4, num_q_heads=3, num_kv_heads=1, head_dim=64,
+                   fractal_split=2, mlp_gated=True, mlp_activation="silu", mlp_hidden_mult=8.0, tokenizer="bpe2048",
+                   max_seq_len=512),
+    # its fair control: identical except split 1 (three ordinary 64-wide heads)
+    "fha_1m_control": dict(model_type="fha", dim=64, num_layers=4, num_q_heads=3, num_kv_heads=1, head_dim=64,
+                           fractal_split=1, mlp_gated=True, mlp_activation="silu", mlp_hidden_mult=8.0,
+                           tokenizer="bpe2048", max_seq_len=512),
     # a few-thousand-parameter model for tests, notebooks in CI, and reading shape traces
     "tiny": dict(dim=32, num_layers=2, num_q_heads=2, num_kv_heads=1, head_dim=16, max_seq_len=64,
                  tokenizer="bpe512", mlp_hidden_mult=2.0),

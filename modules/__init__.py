@@ -3,15 +3,24 @@
 Adding an architecture: one file in this folder, one line below, one preset in config.py.
 """
 from modules.logging import LoggingModule, log_io, set_tracing, trace  # noqa: F401
+from modules.fractal_head_attention import FractalHeadGPT
 from modules.model import GPT
 
 MODEL_REGISTRY = {
     "gpt": GPT,  # Llama / GPT-2 baseline (modules/model.py)
+    "fha": FractalHeadGPT,  # Fractal-Head Attention (modules/fractal_head_attention.py)
 }
 
 
 def registered_types():
     return tuple(MODEL_REGISTRY)
+
+
+def validate_config(cfg):
+    """Architecture-specific checks of a ModelConfig (a model class may define validate_config)."""
+    check = getattr(MODEL_REGISTRY[cfg.model_type], "validate_config", None)
+    if check is not None:
+        check(cfg)
 
 
 def build_model(cfg):

@@ -24,9 +24,11 @@ class KVCache:
         self.max_len, self.length = max_len, 0
         self.pad = torch.zeros(batch_size, dtype=torch.long, device=device) if pad is None else pad.to(device)
 
-    def positions(self, num_new):
-        """(B, num_new) position of each new token, counted from its row's first real token."""
-        slots = torch.arange(self.length, self.length + num_new, device=self.pad.device)
+    def positions(self, num, start=None):
+        """(B, num) positions of slots start.. (default: the next free slot), counted from each
+        row's first real token."""
+        start = self.length if start is None else start
+        slots = torch.arange(start, start + num, device=self.pad.device)
         return (slots[None, :] - self.pad[:, None]).clamp_min(0)
 
     def attention_mask(self, num_new):

@@ -32,3 +32,45 @@ def tiny_configs(**overrides):
 
 def ln(v):
     return math.log(v)
+
+
+def assert_causal(model, vocab_size, length=24, positions=(0, 5, 22)):
+    """Changing the tokens after t never changes the logits at positions <= t (and does change later ones)."""
+    model.eval()
+    x = torch.randint(2, vocab_size, (2, length))
+    base = model(x)[0]
+    for t in positions:
+        changed = x.clone()
+        changed[:, t + 1:] = torch.randint(2, vocab_size, changed[:, t + 1:].shape)
+        out = model(changed)[0]
+        torch.testing.assert_close(out[:, :t + 1], base[:, :t + 1], atol=1e-5, rtol=0)
+        assert not torch.allclose(out[:, t + 1:], base[:, t + 1:])
+
+
+def assert_cache_matches_full(model, vocab_size, length=20):
+    """Prefill, a single token, a chunk, then one token at a time: logits equal the full pass."""
+    model.eval()
+    x = torch.randint(2, vocab_size, (2, length))
+    full = model(x)[0]
+    cache = model.new_cache(2)
+    pieces = [model(x[:, :7], cache=cache)[0], model(x[:, 7:8], cache=cache)[0], model(x[:, 8:12], cache=cache)[0]]
+    pieces += [model(x[:, t:t + 1], cache=cache)[0] for t in range(12, length)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def random_token_heldout_loss(model, vocab_size, steps=300):
+    """Train on uniformly random tokens, return the loss on fresh random tokens. Nothing is
+    learnable, so a causal model stays at ln V; one that peeks at token t+1 falls far below."""
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        x = torch.randint(vocab_size, (16, 33), generator=g)
+        loss = model(x[:, :-1], x[:, 1:])[1]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    held_out = torch.randint(vocab_size, (64, 33), generator=torch.Generator().manual_seed(99))
+    with torch.no_grad():  # targets are the inputs shifted by one: a leak of t+1 into t shows here
+        return model(held_out[:, :-1], held_out[:, 1:])[1].item()

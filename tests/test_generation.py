@@ -6,7 +6,7 @@ import torch
 import data
 import inference
 import tools
-from conftest import tiny_configs
+from conftest import assert_cache_matches_full, tiny_configs
 from modules import build_model
 
 
@@ -25,13 +25,7 @@ def model_and_tokenizer(tmp_path_factory):
                                        dict(pos_encoding="sinusoidal")])
 def test_cached_logits_equal_full_forward(overrides):
     cfg = tiny_configs(**overrides)[0]
-    model = build_model(cfg).eval()
-    x = torch.randint(2, cfg.vocab_size, (2, 20))
-    full = model(x)[0]
-    cache = model.new_cache(2)
-    pieces = [model(x[:, :7], cache=cache)[0], model(x[:, 7:8], cache=cache)[0], model(x[:, 8:12], cache=cache)[0]]
-    pieces += [model(x[:, t:t + 1], cache=cache)[0] for t in range(12, 20)]
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert_cache_matches_full(build_model(cfg), cfg.vocab_size)
 
 
 def test_left_padded_rows_equal_unpadded(model_and_tokenizer):

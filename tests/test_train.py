@@ -9,7 +9,7 @@ import torch
 import config
 import data
 import train
-from conftest import tiny_configs
+from conftest import random_token_heldout_loss, tiny_configs
 from modules import build_model
 
 
@@ -133,24 +133,6 @@ def test_weight_decay_only_on_matrices():
     assert all(p.dim() == 2 for p in decay["params"])
     assert "pos_embed.weight" in {names[id(p)] for p in no_decay["params"]}
     assert any(names[id(p)].endswith("bias") for p in no_decay["params"])
-
-
-def random_token_heldout_loss(model, vocab_size, steps=300):
-    """Train on uniformly random tokens, return the loss on fresh random tokens. Nothing is
-    learnable, so a causal model stays at ln V; one that peeks at token t+1 falls far below."""
-    torch.manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        x = torch.randint(vocab_size, (16, 33), generator=g)
-        loss = model(x[:, :-1], x[:, 1:])[1]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    held_out = torch.randint(vocab_size, (64, 33), generator=torch.Generator().manual_seed(99))
-    with torch.no_grad():  # targets are the inputs shifted by one: a leak of t+1 into t shows here
-        return model(held_out[:, :-1], held_out[:, 1:])[1].item()
 
 
 def test_random_token_leak_detector(monkeypatch):

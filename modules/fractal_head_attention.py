@@ -1,0 +1,129 @@
+"""Fractal-Head Attention (FHA): query head i is split into s^i sub-heads of size D / s^i.
+
+With H query heads, head_dim D and split factor s, level i (= query head i) attends with s^i
+contiguous sub-heads of its D channels, so one attention block mixes heads of several sizes
+(H=3, s=2: 1x64, 2x32, 4x16). Keys and values are shared as in grouped-query attention (level
+i reads KV head i // (H / K)) and sliced the same way; each level's sub-head outputs are
+concatenated back into the level's D slot before the usual output projection. Parameters and
+Q.K / A.V FLOPs equal those of ordinary attention with the same (H, K, D); with s = 1 it *is*
+ordinary attention.
+
+Knobs (ModelConfig):
+  fractal_split     s >= 1
+  fractal_scale     'full'     logits * 1/sqrt(D) for every sub-head (the original)
+                    'per_head' logits * 1/sqrt(D / s^i), the usual scale of the sub-head's size
+  fractal_rope      'subband'  sub-head r of level i rotates with its band of the full-D RoPE
+                               frequencies (the original's "rotate at D, then slice", written
+                               so each sub-head keeps RoPE's relative-position property)
+                    'per_head' each sub-head gets fresh RoPE at its own size D / s^i
+
+Vectorised: one scaled_dot_product_attention call per level (H calls), no loop over sub-heads
+or positions. The cache stores un-rotated keys, because levels rotate a shared key differently.
+"""
+import torch
+import torch.nn.functional as F
+
+from modules.attention import Attention
+from modules.layer import ResidualLayer
+from modules.logging import log_io
+from modules.model import GPT
+
+
+def level_sizes(cfg):
+    """[(number of sub-heads, sub-head size)] for each level i = 0..H-1."""
+    s, D = cfg.fractal_split, cfg.head_dim
+    return [(s ** i, D // s ** i) for i in range(cfg.num_q_heads)]
+
+
+def validate_config(cfg):
+    """Clear errors for FHA settings that cannot work (called by ModelConfig)."""
+    s, H, D = cfg.fractal_split, cfg.num_q_heads, cfg.head_dim
+    if not isinstance(s, int) or s < 1:
+        raise ValueError(f"fractal_split={s!r} is invalid: must be an integer >= 1")
+    if D % s ** (H - 1):
+        raise ValueError(f"head_dim={D} is invalid for fractal_split={s} with num_q_heads={H}: "
+                         f"it must be divisible by fractal_split**(num_q_heads-1) = {s ** (H - 1)}")
+    if cfg.pos_encoding == "rope" and (D // s ** (H - 1)) % 2:
+        raise ValueError(f"head_dim={D} is invalid for RoPE with fractal_split={s}, num_q_heads={H}: the "
+                         f"smallest sub-head has odd size {D // s ** (H - 1)}; RoPE needs even sub-head sizes")
+    if cfg.fractal_scale not in ("full", "per_head"):
+        raise ValueError(f"fractal_scale={cfg.fractal_scale!r} is invalid: must be one of ['full', 'per_head']")
+    if cfg.fractal_rope not in ("subband", "per_head"):
+        raise ValueError(f"fractal_rope={cfg.fractal_rope!r} is invalid: must be one of ['subband', 'per_head']")
+
+
+def rotate(x, cos, sin):
+    """Rotate-half RoPE: x (B, n, T, d), cos/sin broadcastable to (B, n, T, d/2)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).type_as(x)
+
+
+class FractalHeadAttention(Attention):
+    """(B, T, dim) -> (B, T, dim). Same projections as Attention; the heads are partitioned."""
+
+    def __init__(self, cfg, layer_idx):
+        super().__init__(cfg, layer_idx)
+        self.rope = None  # rotation happens per level, after the split
+        self.levels = level_sizes(cfg)
+        self.group = cfg.num_q_heads // cfg.num_kv_heads
+        self.scales = [(D if cfg.fractal_scale == "full" else d) ** -0.5 for D, d in
+                       ((cfg.head_dim, d) for _, d in self.levels)]
+        self.use_rope = cfg.pos_encoding == "rope"
+        if self.use_rope:
+            positions = torch.arange(cfg.max_seq_len).float()
+            full = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim)
+            for i, (n, d) in enumerate(self.levels):
+                if cfg.fractal_rope == "subband":
+                    inv_freq = full.view(n, d // 2)  # sub-head r gets frequency band r
+                else:
+                    inv_freq = (1.0 / cfg.rope_theta ** (torch.arange(0, d, 2).float() / d)).expand(n, d // 2)
+                angles = positions[:, None, None] * inv_freq  # (max_seq_len, n, d/2)
+                self.register_buffer(f"cos_{i}", angles.cos(), persistent=False)
+                self.register_buffer(f"sin_{i}", angles.sin(), persistent=False)
+
+    def extra_repr(self):
+        layout = ", ".join(f"{n}x{d}" for n, d in self.levels)
+        return f"levels (sub-heads x size): {layout}; kv_heads={self.num_kv_heads}"
+
+    def _rope(self, x, level, positions):
+        """x (B, n, T, d) rotated for `level` at positions (T,) or (B, T)."""
+        cos, sin = getattr(self, f"cos_{level}")[positions], getattr(self, f"sin_{level}")[positions]
+        # (T, n, d/2) -> (n, T, d/2);  (B, T, n, d/2) -> (B, n, T, d/2)
+        return rotate(x, cos.transpose(-3, -2), sin.transpose(-3, -2))
+
+    @log_io
+    def attend_level(self, level, q, k, v, q_positions, k_positions, mask, is_causal):
+        """Level i: q (B, T, D), k/v (B, S, D) -> (B, T, D) through s^i sub-heads of size D/s^i."""
+        n, d = self.levels[level]
+        B, T, S = q.shape[0], q.shape[1], k.shape[1]
+        q = q.reshape(B, T, n, d).transpose(1, 2)
+        k = k.reshape(B, S, n, d).transpose(1, 2)
+        v = v.reshape(B, S, n, d).transpose(1, 2)
+        if self.use_rope:
+            q, k = self._rope(q, level, q_positions), self._rope(k, level, k_positions)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           scale=self.scales[level])
+        return y.transpose(1, 2).reshape(B, T, n * d)
+
+    @log_io
+    def forward(self, x, positions, cache=None):
+        B, T, _ = x.shape
+        q, k, v = self.project_qkv(x, positions)  # (B, H, T, D), (B, K, T, D): no rotation yet
+        mask, is_causal, k_positions = None, True, positions
+        if cache is not None:
+            k, v, mask, is_causal = self.read_cache(k, v, cache)
+            k_positions = cache.positions(k.shape[2], start=0)
+        out = torch.cat([self.attend_level(i, q[:, i], k[:, i // self.group], v[:, i // self.group],
+                                           positions, k_positions, mask, is_causal)
+                         for i in range(len(self.levels))], dim=-1)
+        return self.out(out)
+
+
+class FractalHeadGPT(GPT):
+    """The baseline GPT with Fractal-Head Attention in every layer."""
+
+    validate_config = staticmethod(validate_config)
+
+    def make_layer(self, cfg, layer_idx):
+        return ResidualLayer(cfg, FractalHeadAttention(cfg, layer_idx))
