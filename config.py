@@ -82,6 +82,9 @@ class ModelConfig:
     fractal_split: int = 2             # s: query head i is split into s**i sub-heads of size head_dim / s**i; 1 = ordinary attention
     fractal_scale: str = "full"        # full: logits / sqrt(head_dim) for every sub-head (original) | per_head: / sqrt(sub-head size)
     fractal_rope: str = "subband"      # subband: sub-head r uses band r of the full-size RoPE frequencies (original) | per_head: fresh RoPE at the sub-head size
+    # --- Memory Mosaics (model_type='mm'; see modules/memory_mosaics.py) ---------------------------
+    mm_pmem_size: int = 0              # persistent-memory slots per head; 0 = parameter parity with a standard GPT block (3.5 * dim)
+    mm_key_scale_max: float = 5.0      # clamp of the key-scale exponent (the paper's library: 5; keeps logits <= e^10)
     # --- derived (filled in by __post_init__, not set by hand) ---------------------------------
     vocab_size: int = field(init=False, default=0)      # from the tokenizer file
     mlp_hidden_dim: int = field(init=False, default=0)  # from dim, mlp_hidden_mult, mlp_gated
@@ -192,6 +195,11 @@ PRESETS = {
     "fha_1m_control": dict(model_type="fha", dim=64, num_layers=4, num_q_heads=3, num_kv_heads=1, head_dim=64,
                            fractal_split=1, mlp_gated=True, mlp_activation="silu", mlp_hidden_mult=8.0,
                            tokenizer="bpe2048", max_seq_len=512),
+    # Memory Mosaics with llama_1m's width, depth and tokenizer; 384 persistent slots per head make
+    # its parameter count match llama_1m (LayerNorm without bias and no positions, as the reference)
+    "mm_1m": dict(model_type="mm", dim=128, num_layers=4, num_q_heads=2, num_kv_heads=2, head_dim=0,
+                  mm_pmem_size=384, norm_type="layernorm", norm_bias=False, norm_eps=1e-5, pos_encoding="none",
+                  scale_embedding=False, tie_embeddings=True, tokenizer="bpe2048", max_seq_len=512),
     # a few-thousand-parameter model for tests, notebooks in CI, and reading shape traces
     "tiny": dict(dim=32, num_layers=2, num_q_heads=2, num_kv_heads=1, head_dim=16, max_seq_len=64,
                  tokenizer="bpe512", mlp_hidden_mult=2.0),

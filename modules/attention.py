@@ -9,20 +9,20 @@ from torch import nn
 from modules.logging import LoggingModule, log_io
 
 
-class KVCache:
-    """Key/value buffers of every layer for incremental decoding.
+class DecodeCache:
+    """What every architecture's decoding cache knows: `length` slots are filled (the model adds
+    the new tokens after each forward), up to max_len. `pad` (B,) counts the left-padding slots
+    of each row (batched prompts of different lengths are left-padded): those slots are never
+    attended to, and positions are counted from each row's first real token."""
 
-    k, v: (num_layers, B, K, max_len, D). `length` slots are filled. `pad` (B,) counts the
-    left-padding slots of each row (batched prompts of different lengths are left-padded):
-    those slots are never attended to, and positions are counted from each row's first real token.
-    """
-
-    def __init__(self, num_layers, batch_size, num_kv_heads, max_len, head_dim, device, dtype, pad=None):
-        shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+    def __init__(self, batch_size, max_len, device, pad=None):
         self.max_len, self.length = max_len, 0
         self.pad = torch.zeros(batch_size, dtype=torch.long, device=device) if pad is None else pad.to(device)
+
+    def real(self, num_new):
+        """(B, num_new) bool: True where a new slot holds a real token, False for left padding."""
+        slots = torch.arange(self.length, self.length + num_new, device=self.pad.device)
+        return slots[None, :] >= self.pad[:, None]
 
     def positions(self, num, start=None):
         """(B, num) positions of slots start.. (default: the next free slot), counted from each
@@ -40,6 +40,16 @@ class KVCache:
         real = k[None] >= self.pad[:, None, None]
         # a padding query may see itself, so no row is empty (its output is never used)
         return (((k <= q)[None] & real) | (k == q)[None])[:, None]
+
+
+class KVCache(DecodeCache):
+    """Key/value buffers of every attention layer: k, v (num_layers, B, K, max_len, D)."""
+
+    def __init__(self, num_layers, batch_size, num_kv_heads, max_len, head_dim, device, dtype, pad=None):
+        super().__init__(batch_size, max_len, device, pad)
+        shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
 
 
 class RotaryEmbedding(LoggingModule):
