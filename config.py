@@ -76,7 +76,8 @@ class ModelConfig:
     linear_bias: bool = False          # bias on attention and MLP projections (GPT-2: True, Llama: False)
     scale_embedding: bool = True       # multiply token embeddings by sqrt(dim) (Gemma style)
     tie_embeddings: bool = True        # output head shares the token-embedding matrix
-    dropout: float = 0.0               # dropout on attention probabilities and branch outputs while training; 0-0.5, 0 for short runs
+    dropout: float = 0.0               # dropout on each residual branch's output while training; 0-0.5 (0.1 against overfitting small data)
+    attn_dropout: float = 0.0          # dropout on attention probabilities; 0-0.5. Costly on CPU: it disables the fused attention kernel
     init_std: float = 0.02             # std of the normal init of weight matrices (residual outputs scaled by 1/sqrt(2*num_layers))
     # --- Fractal-Head Attention (model_type='fha'; see modules/fractal_head_attention.py) ---------
     fractal_split: int = 2             # s: query head i is split into s**i sub-heads of size head_dim / s**i; 1 = ordinary attention
@@ -113,6 +114,7 @@ class ModelConfig:
         _choice("norm_type", self.norm_type, ("rmsnorm", "layernorm", "cosinenorm"))
         _check(self.norm_eps > 0, "norm_eps", self.norm_eps, "must be > 0")
         _check(0 <= self.dropout < 1, "dropout", self.dropout, "must be in [0, 1)")
+        _check(0 <= self.attn_dropout < 1, "attn_dropout", self.attn_dropout, "must be in [0, 1)")
         _check(self.init_std > 0, "init_std", self.init_std, "must be > 0")
         self.vocab_size = tokenizer_vocab_size(self.tokenizer)
         hidden = self.dim * self.mlp_hidden_mult * (2 / 3 if self.mlp_gated else 1)

@@ -99,3 +99,12 @@ def load_weights(model, path):
 def run_dir(train_cfg):
     out = train_cfg.out_dir if os.path.isabs(train_cfg.out_dir) else os.path.join(config.ROOT, train_cfg.out_dir)
     return os.path.join(out, train_cfg.name)
+
+
+def demo_config(model_type):
+    """A tiny ModelConfig of `model_type` (its first preset, shrunk) for shape traces and demos."""
+    preset = next((name for name, fields in config.PRESETS.items() if fields.get("model_type", "gpt") == model_type), None)
+    if preset is None:
+        raise ValueError(f"model_type={model_type!r} has no preset in config.PRESETS; add one")
+    return config.get_preset(preset, dim=16, num_layers=1, head_dim=8, max_seq_len=16, tokenizer="bpe512",
+                             mm_pmem_size=8)[0]

@@ -1,6 +1,7 @@
-"""Training tokens/s of a preset at batch 8 x 512 for eager fp32, bf16 autocast, compiled, and both.
+"""Training tokens/s of presets at batch 8 x 512 for eager fp32, bf16 autocast, compiled, and both.
 
-    python bench/train_throughput.py [--preset llama_1m] [--steps 20] [--batch_size 8]
+    python bench/train_throughput.py [--presets llama_1m] [--steps 20] [--batch_size 8]
+    python bench/train_throughput.py --presets llama_1m,mm_1m,fha_1m --modes "eager fp32,compiled + bf16"
 
 Machines here are shared and noisy: compare the ratios printed at the end (all measured in this
 one run), not absolute figures across runs. Uses random tokens: data loading is not timed.
@@ -53,7 +54,7 @@ def measure(preset, use_autocast, use_compile, steps, batch_size, warmup, device
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="llama_1m")
+    p.add_argument("--presets", default="llama_1m", help="comma-separated preset names")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batch_size", type=int, default=8)
@@ -61,16 +62,27 @@ def main():
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: " + ", ".join(MODES))
     args = p.parse_args()
     device = tools.pick_device(args.device)
-    print(f"{args.preset}, batch {args.batch_size} x seq, {device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; median of {args.steps} steps")
+    presets, modes = args.presets.split(","), [m.strip() for m in args.modes.split(",")]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        sys.exit(f"error: --modes {unknown} invalid: choose from {list(MODES)}")
+    print(f"batch {args.batch_size} x max_seq_len, {device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; median of {args.steps} steps after {args.warmup} warm-up")
     results = {}
-    for mode in args.modes.split(","):
-        results[mode] = measure(args.preset, *MODES[mode], args.steps, args.batch_size, args.warmup, device)
-        print(f"  {mode:<16} {results[mode]:>10,.0f} tokens/s")
-    base = results.get("eager fp32")
-    if base:
-        for mode, tps in results.items():
-            print(f"  {mode:<16} {tps / base:>6.2f}x eager fp32")
+    for preset in presets:
+        for mode in modes:
+            results[preset, mode] = measure(preset, *MODES[mode], args.steps, args.batch_size, args.warmup, device)
+            print(f"  {preset:<16} {mode:<16} {results[preset, mode]:>10,.0f} tokens/s", flush=True)
+    print("ratios (same run):")
+    for (preset, mode), tps in results.items():
+        base = results.get((preset, "eager fp32"))
+        first = results[presets[0], mode]
+        line = f"  {preset:<16} {mode:<16}"
+        if base:
+            line += f" {tps / base:5.2f}x its eager fp32"
+        if len(presets) > 1:
+            line += f" {tps / first:5.2f}x {presets[0]} ({mode})"
+        print(line)
 
 
 if __name__ == "__main__":

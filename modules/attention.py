@@ -79,7 +79,7 @@ class Attention(LoggingModule):
         super().__init__()
         self.layer_idx = layer_idx
         self.num_q_heads, self.num_kv_heads, self.head_dim = cfg.num_q_heads, cfg.num_kv_heads, cfg.head_dim
-        self.dropout = cfg.dropout
+        self.dropout = cfg.attn_dropout
         qkv_dim = (cfg.num_q_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
         self.qkv = nn.Linear(cfg.dim, qkv_dim, bias=cfg.linear_bias)
         self.out = nn.Linear(cfg.num_q_heads * cfg.head_dim, cfg.dim, bias=cfg.linear_bias)

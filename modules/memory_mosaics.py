@@ -141,7 +141,7 @@ class ContextMemory(LoggingModule):
         self.value_scale = nn.Parameter(torch.full((self.nh,), -0.05))  # rho_h = exp(10 r_h)
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=cfg.linear_bias)
         self.out.is_residual_out = True
-        self.dropout = cfg.dropout
+        self.dropout = cfg.attn_dropout
 
     def values(self, raw_now, raw_next):
         """Look-ahead values from raw W_v x_t and W_v x_{t+1}, both (B, nh, T, hs)."""
@@ -205,7 +205,7 @@ class PersistentMemory(LoggingModule):
         self.out_scale = nn.Parameter(torch.full((self.nh,), -0.05))  # exp(10 o_h)
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=cfg.linear_bias)
         self.out.is_residual_out = True
-        self.dropout = cfg.dropout
+        self.dropout = cfg.attn_dropout
 
     def extra_repr(self):
         return f"heads={self.nh}, slots per head={self.size}"

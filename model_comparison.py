@@ -1,0 +1,175 @@
+"""Compare trained runs: a summary table, loss curves, teacher-forcing top-k accuracy.
+
+    python model_comparison.py trained/llama_1m trained/gpt2_1m --out comparison/
+    python model_comparison.py "trained/*" --out comparison/          # every run (quote the glob)
+
+Writes comparison/curves.png and comparison/summary.md. Every run is loaded through the model
+registry (inference.load_model), so runs of different architectures compare in one process.
+Runs with different tokenizers are plotted in bits per character, which does not depend on
+the tokenizer; per-token losses and top-k accuracies do, so compare those only between runs
+that share a tokenizer.
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+
+import pandas as pd
+import torch
+
+import config
+import data
+import inference
+import tools
+
+TRAINED = os.path.join(config.ROOT, "trained")
+
+
+def find_runs(patterns):
+    """Run folders matching names or globs (relative to trained/ or the current folder)."""
+    runs = []
+    for pattern in patterns:
+        candidates = glob.glob(pattern) or glob.glob(os.path.join(TRAINED, pattern))
+        found = sorted(p for p in candidates if os.path.isfile(os.path.join(p, "log_data.csv")))
+        if not found:
+            raise FileNotFoundError(f"no trained run matches {pattern!r} (a run folder holds log_data.csv)")
+        runs += [os.path.normpath(p) for p in found if os.path.normpath(p) not in runs]
+    return runs
+
+
+def read_log(run):
+    return pd.read_csv(os.path.join(run, "log_data.csv"))
+
+
+def summarize(run):
+    """One row of the summary table for a run folder."""
+    log = read_log(run)
+    with open(os.path.join(run, "model_config.json")) as f:
+        model_fields = json.load(f)
+    cfg = config.from_dict(config.ModelConfig, model_fields)
+    from modules import build_model
+    total, embedding = tools.count_parameters(build_model(cfg))
+    last, best = log.iloc[-1], log.loc[log["val_loss"].idxmin()]
+    return {"run": os.path.basename(run), "model_type": cfg.model_type, "tokenizer": cfg.tokenizer,
+            "params": total, "non_embedding_params": total - embedding, "tokens": int(last["tokens"]),
+            "wall_clock_s": float(last["elapsed_s"]), "final_val_loss": float(last["val_loss"]),
+            "best_val_loss": float(best["val_loss"]), "best_step": int(best["step"]),
+            "final_val_bpc": float(last["val_bpc"]), "best_val_bpc": float(best["val_bpc"]),
+            "tokens_per_s": float(log["tokens_per_s"].median())}
+
+
+def plot_curves(runs, path=None):
+    """Train (dashed) and validation (solid) loss against step, tokens seen and wall-clock for
+    every run on one figure; in bits/char when the runs use different tokenizers."""
+    import matplotlib.pyplot as plt
+    logs = {os.path.basename(r): read_log(r) for r in runs}
+    tokenizers = {config.load_json(config.ModelConfig, os.path.join(r, "model_config.json")).tokenizer for r in runs}
+    in_bpc = len(tokenizers) > 1
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), sharey=True)
+    for (name, log), color in zip(logs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10):
+        # nats/token -> bits/char with the validation split's characters per token (same for train)
+        factor = (log["val_bpc"] / log["val_loss"]).iloc[-1] if in_bpc else 1.0
+        for ax, x in zip(axes, ("step", "tokens", "elapsed_s")):
+            ax.plot(log[x], log["val_loss"] * factor, color=color, label=f"{name} val")
+            ax.plot(log[x], log["train_loss"] * factor, color=color, linestyle="--", alpha=0.6, label=f"{name} train")
+    for ax, label in zip(axes, ("step", "tokens seen", "wall-clock seconds")):
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("loss (bits per character)" if in_bpc else "loss (nats per token)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("train (dashed) and validation (solid) loss")
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def topk_from_logits(logits, targets, ks=(1, 5), ignore_id=data.PAD_ID):
+    """Fraction of positions whose target is among the k highest logits. logits (N, V), targets (N,)."""
+    keep = targets != ignore_id
+    logits, targets = logits[keep], targets[keep]
+    ranked = logits.topk(max(ks), dim=-1).indices  # (N, max k)
+    hits = ranked == targets[:, None]
+    return {k: hits[:, :k].any(dim=-1).float().mean().item() for k in ks}
+
+
+@torch.no_grad()
+def topk_accuracy(run, ks=(1, 5), data_dir="", eval_tokens=None, batch_size=8, device="auto"):
+    """Teacher-forcing top-k accuracy on the run's fixed validation windows (those its training
+    evaluated on: eval_tokens from its train_config.json unless given)."""
+    model, _, cfg = inference.load_model(run, device)
+    train_cfg = config.load_json(config.TrainConfig, os.path.join(run, "train_config.json"))
+    val = data.get_token_data("valid", cfg.tokenizer, data_dir or train_cfg.data_dir)
+    xs, ys = data.validation_windows(val.tokens, cfg.max_seq_len, eval_tokens or train_cfg.eval_tokens)
+    dev = next(model.parameters()).device
+    hits = {k: 0.0 for k in ks}
+    count = 0
+    for i in range(0, len(xs), batch_size):
+        x, y = xs[i:i + batch_size].to(dev), ys[i:i + batch_size].to(dev)
+        logits = model(x)[0]
+        n = int((y != data.PAD_ID).sum())
+        for k, acc in topk_from_logits(logits.flatten(0, 1), y.flatten(), ks).items():
+            hits[k] += acc * n
+        count += n
+    return {k: hits[k] / count for k in ks}
+
+
+def compare(run_patterns, out_dir=None, ks=(1, 5), data_dir="", eval_tokens=None, progress=True):
+    """Summary table (a pandas DataFrame, with top-k accuracy columns) and the curve figure.
+    With out_dir, also writes curves.png and summary.md there."""
+    from tqdm.auto import tqdm
+    runs = find_runs(run_patterns)
+    rows = []
+    for run in tqdm(runs, desc="runs", disable=not progress):
+        row = summarize(run)
+        for k, acc in topk_accuracy(run, ks, data_dir, eval_tokens).items():
+            row[f"top{k}_acc"] = acc
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+    fig = plot_curves(runs, os.path.join(out_dir, "curves.png") if out_dir else None)
+    if out_dir:
+        with open(os.path.join(out_dir, "summary.md"), "w") as f:
+            f.write(markdown_table(table) + "\n")
+    return table, fig
+
+
+def markdown_table(table):
+    """The summary as a markdown table with readable number formats."""
+    formats = {"params": "{:,}", "non_embedding_params": "{:,}", "tokens": "{:,}", "wall_clock_s": "{:.0f}",
+               "tokens_per_s": "{:,.0f}", "best_step": "{}"}
+    columns = list(table.columns)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for _, row in table.iterrows():
+        cells = []
+        for c in columns:
+            v = row[c]
+            fmt = formats.get(c, "{:.4f}" if isinstance(v, float) else "{}")
+            cells.append(fmt.format(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="run folders, names under trained/, or globs")
+    p.add_argument("--out", default="comparison", help="folder for curves.png and summary.md")
+    p.add_argument("--topk", default="1,5", help="comma-separated k values for top-k accuracy")
+    p.add_argument("--data_dir", default="", help="validation data folder (default: each run's own data_dir / MMS_DATA_DIR)")
+    p.add_argument("--eval_tokens", type=int, default=None, help="validation tokens for top-k (default: the run's)")
+    args = p.parse_args(argv)
+    try:
+        ks = tuple(int(k) for k in args.topk.split(","))
+        if any(k < 1 for k in ks):
+            raise ValueError(f"--topk={args.topk!r} is invalid: k values must be positive integers")
+        table, _ = compare(args.runs, args.out, ks, args.data_dir, args.eval_tokens)
+    except (ValueError, FileNotFoundError, data.DataUnavailable) as e:
+        sys.exit(f"error: {e}")
+    print(markdown_table(table))
+    print(f"\nwrote {os.path.join(args.out, 'curves.png')} and {os.path.join(args.out, 'summary.md')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+import os
+
+import pytest
+import torch
+
+import model_comparison as mc
+import train
+from conftest import tiny_configs
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    runs = []
+    for name, overrides in (("a_gpt", dict()), ("b_char", dict(tokenizer="char", pos_encoding="learned"))):
+        cfg, tcfg = tiny_configs(name=name, out_dir=str(out), max_steps=20, eval_interval=10, lr=1e-2, **overrides)
+        runs.append(train.train(cfg, tcfg, progress=False))
+    return runs
+
+
+def test_topk_from_logits_hand_checked():
+    logits = torch.tensor([[0.1, 0.5, 0.2, 0.9],    # ranking 3, 1, 2, 0
+                           [1.0, 0.0, 0.3, 0.2],    # ranking 0, 2, 3, 1
+                           [0.0, 0.0, 5.0, 1.0]])   # target is the padding id: ignored
+    acc = mc.topk_from_logits(logits[:2], torch.tensor([1, 0]), ks=(1, 2, 4), ignore_id=-100)
+    assert acc == {1: 0.5, 2: 1.0, 4: 1.0}  # row 0: target ranked 2nd; row 1: ranked 1st
+    acc = mc.topk_from_logits(logits, torch.tensor([3, 0, 1]), ks=(1,), ignore_id=1)
+    assert acc == {1: 1.0}  # rows 0 and 1 hit at k=1; row 2 (a miss) has the ignored target
+
+
+def test_compare_two_runs(two_runs, tmp_path):
+    table, _ = mc.compare(two_runs, str(tmp_path / "cmp"), ks=(1, 5), progress=False)
+    assert list(table["run"]) == ["a_gpt", "b_char"]
+    assert (table["params"] > table["non_embedding_params"]).all() and (table["tokens"] == 20 * 8 * 64).all()
+    for k in (1, 5):
+        assert table[f"top{k}_acc"].between(0, 1).all()
+    assert (table["top5_acc"] >= table["top1_acc"]).all()
+    assert (table["best_val_loss"] <= table["final_val_loss"]).all()
+    assert os.path.getsize(tmp_path / "cmp" / "curves.png") > 10_000
+    summary = (tmp_path / "cmp" / "summary.md").read_text()
+    assert summary.count("\n") == 4 and "| a_gpt |" in summary
+
+
+def test_topk_equals_direct_computation(two_runs):
+    import data
+    import inference
+    run = two_runs[0]
+    acc = mc.topk_accuracy(run, ks=(1, 3))
+    model, _, cfg = inference.load_model(run, device="cpu")
+    val = data.get_token_data("valid", cfg.tokenizer, tiny_configs()[1].data_dir)
+    x, y = data.validation_windows(val.tokens, cfg.max_seq_len, 2048)
+    with torch.no_grad():
+        pred = model(x)[0].argmax(-1)
+    assert acc[1] == pytest.approx((pred == y).float().mean().item(), abs=1e-6)
+
+
+def test_cli_and_errors(two_runs, tmp_path, capsys):
+    mc.main([two_runs[0], "--out", str(tmp_path / "cli"), "--topk", "1"])
+    assert "| a_gpt |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no trained run matches"):
+        mc.main(["does_not_exist_*", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--topk"):
+        mc.main([two_runs[0], "--topk", "0"])
