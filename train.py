@@ -157,10 +157,11 @@ class _StopRequest:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True):
+def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, command=None):
     """Train model_cfg under train_cfg; returns the run folder. With resume=True, weights,
     optimizer, step, RNG states and data position come from the folder's checkpoint.pt
-    (use `resume_run`, which also reads the folder's configs)."""
+    (use `resume_run`, which also reads the folder's configs). `command` is recorded in the
+    run's README.md."""
     out = tools.run_dir(train_cfg)
     ckpt_path = os.path.join(out, "checkpoint.pt")
     log_path = os.path.join(out, "log_data.csv")
@@ -267,13 +268,49 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True):
             if state["step"] % train_cfg.checkpoint_interval == 0 or done:
                 save_checkpoint()
         bar.close()
+        if state["step"] == train_cfg.max_steps:
+            write_run_readme(out, command)
         if stop.requested and state["step"] < train_cfg.max_steps:
             save_checkpoint()
             print(f"interrupted: saved step {state['step']} to {out}; continue with `python train.py --resume {out}`")
     return out
 
 
-def resume_run(run_dir, progress=True):
+def write_run_readme(run_dir, command=None):
+    """trained/NAME/README.md: how the run was made and what it reached, from its own files."""
+    import pandas as pd
+    model_cfg = config.load_json(config.ModelConfig, os.path.join(run_dir, "model_config.json"))
+    train_cfg = config.load_json(config.TrainConfig, os.path.join(run_dir, "train_config.json"))
+    log = pd.read_csv(os.path.join(run_dir, "log_data.csv"))
+    last, best = log.iloc[-1], log.loc[log["val_loss"].idxmin()]
+    total, embedding = tools.count_parameters(build_model(model_cfg))
+    data_source = train_cfg.data_dir or os.environ.get("MMS_DATA_DIR") or f"the Hugging Face hub ({data.HUB_DATASET})"
+    text = f"""# {os.path.basename(run_dir)}
+
+`{model_cfg.model_type}` model, {total:,} parameters ({total - embedding:,} non-embedding), tokenizer `{model_cfg.tokenizer}`,
+context {model_cfg.max_seq_len}. Made with:
+
+```bash
+{command or "train(model_cfg, train_cfg)  # from Python; configs in this folder"}
+```
+
+| | |
+|---|---|
+| data | {data_source} (TinyStories txt layout) |
+| tokens seen | {int(last['tokens']):,} ({int(last['step'])} steps of {train_cfg.batch_size * train_cfg.grad_accum_steps} x {model_cfg.max_seq_len}) |
+| wall-clock | {last['elapsed_s'] / 60:.1f} min (median {log['tokens_per_s'].median():,.0f} tokens/s) |
+| final validation loss | {last['val_loss']:.4f} nats/token (± {last['val_loss_se']:.4f} s.e. over windows), {last['val_bpc']:.4f} bits/char |
+| best validation loss | {best['val_loss']:.4f} at step {int(best['step'])} ({best['val_bpc']:.4f} bits/char) |
+| final train loss | {last['train_loss']:.4f} (mean since the previous evaluation, dropout on) |
+
+Sample: `python inference.py --model {os.path.relpath(run_dir, config.ROOT)} --prompt "Once upon a time"`.
+Files: `model_config.json`, `train_config.json`, `model.safetensors`, `log_data.csv` (one row per evaluation).
+"""
+    with open(os.path.join(run_dir, "README.md"), "w") as f:
+        f.write(text)
+
+
+def resume_run(run_dir, progress=True, command=None):
     """Continue the run saved in run_dir from its checkpoint, with the configs stored there."""
     run_dir = os.path.abspath(run_dir.rstrip("/"))
     paths = [os.path.join(run_dir, f) for f in ("model_config.json", "train_config.json", "checkpoint.pt")]
@@ -283,7 +320,7 @@ def resume_run(run_dir, progress=True):
     model_cfg = config.load_json(config.ModelConfig, paths[0])
     train_cfg = config.load_json(config.TrainConfig, paths[1])
     train_cfg.out_dir, train_cfg.name = os.path.dirname(run_dir), os.path.basename(run_dir)
-    return train(model_cfg, train_cfg, resume=True, progress=progress)
+    return train(model_cfg, train_cfg, resume=True, progress=progress, command=command)
 
 
 def main(argv=None):
@@ -294,12 +331,13 @@ def main(argv=None):
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     config.add_config_arguments(parser)
     args = parser.parse_args(argv)
+    command = "python train.py " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         if args.resume:
-            resume_run(args.resume, progress=not args.no_progress)
+            resume_run(args.resume, progress=not args.no_progress, command=command)
         else:
             model_cfg, train_cfg = config.get_preset(args.preset, **config.overrides_from_args(args))
-            train(model_cfg, train_cfg, overwrite=args.overwrite, progress=not args.no_progress)
+            train(model_cfg, train_cfg, overwrite=args.overwrite, progress=not args.no_progress, command=command)
     except (ValueError, FileNotFoundError, FileExistsError, data.DataUnavailable, NonFiniteLoss) as e:
         sys.exit(f"error: {e}")
 

@@ -21,8 +21,10 @@ def read_log(run):
 def test_short_run_lowers_loss_and_writes_run_folder(tmp_path):
     cfg, tcfg = tiny_configs(max_steps=60, eval_interval=20, lr=1e-2, out_dir=str(tmp_path))
     run = train.train(cfg, tcfg, progress=False)
-    assert sorted(os.listdir(run)) == ["checkpoint.pt", "log_data.csv", "model.safetensors", "model_config.json",
-                                       "train_config.json"]
+    assert sorted(os.listdir(run)) == ["README.md", "checkpoint.pt", "log_data.csv", "model.safetensors",
+                                       "model_config.json", "train_config.json"]
+    readme = open(os.path.join(run, "README.md")).read()
+    assert f"{float(rows_last_bpc(run)):.4f} bits/char" in readme and "30,720 (60 steps of 8 x 64)" in readme
     rows = read_log(run)
     assert [int(r["step"]) for r in rows] == [20, 40, 60]
     assert list(rows[0]) == train.LOG_COLUMNS
@@ -30,6 +32,10 @@ def test_short_run_lowers_loss_and_writes_run_folder(tmp_path):
     assert last < first - 0.5 and last < math.log(cfg.vocab_size) - 2
     assert float(rows[-1]["val_bpc"]) > 0 and int(rows[-1]["tokens"]) == 60 * 8 * 64
     assert config.load_json(config.ModelConfig, os.path.join(run, "model_config.json")) == cfg
+
+
+def rows_last_bpc(run):
+    return read_log(run)[-1]["val_bpc"]
 
 
 def test_resume_is_bit_identical(tmp_path):
