@@ -187,7 +187,8 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
     model = build_model(model_cfg).to(device)
     optimizer = make_optimizer(model, train_cfg, device)
     batch_rng = torch.Generator().manual_seed(train_cfg.seed)  # the data position: its state is checkpointed
-    state = {"step": 0, "elapsed_s": 0.0, "loss_sum": 0.0, "loss_count": 0}
+    # loss_sum / terms_sum: running sums since the last evaluation (extra loss terms a model reports)
+    state = {"step": 0, "elapsed_s": 0.0, "loss_sum": 0.0, "loss_count": 0, "terms_sum": {}}
     if resume:
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         model.load_state_dict(ckpt["model"])
@@ -233,6 +234,8 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
                     _, loss, terms = step_model(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
                 (loss / train_cfg.grad_accum_steps).backward()
                 step_loss += loss.item() / train_cfg.grad_accum_steps
+                for name, value in terms.items():
+                    state["terms_sum"][name] = state["terms_sum"].get(name, 0.0) + float(value) / train_cfg.grad_accum_steps
             if not math.isfinite(step_loss):
                 bar.close()
                 raise NonFiniteLoss(f"loss became {step_loss} at step {step}; the run stopped there. "
@@ -259,11 +262,11 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
                        "train_loss": state["loss_sum"] / state["loss_count"], "val_loss": val_loss,
                        "val_loss_se": val_se, "val_bpc": data.bits_per_char(val_loss, val_data),
                        "tokens_per_s": round(tok_s, 1), "grad_norm": grad_norm,
-                       **{k: float(v) for k, v in terms.items()}}
+                       **{k: v / state["loss_count"] for k, v in state["terms_sum"].items()}}
                 _append_log(log_path, row)
                 bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{val_loss:.3f}",
                                 bpc=f"{row['val_bpc']:.3f}", lr=f"{lr:.1e}", tok_s=f"{tok_s:,.0f}")
-                state["loss_sum"], state["loss_count"] = 0.0, 0
+                state["loss_sum"], state["loss_count"], state["terms_sum"] = 0.0, 0, {}
                 interval_steps, interval_train_s = 0, 0.0
             if state["step"] % train_cfg.checkpoint_interval == 0 or done:
                 save_checkpoint()

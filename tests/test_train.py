@@ -152,3 +152,18 @@ def test_random_token_leak_detector(monkeypatch):
                         original(self, q, k, v, mask, is_causal=False))
     leaky = random_token_heldout_loss(build_model(cfg), cfg.vocab_size)
     assert leaky < math.log(cfg.vocab_size) - 1.0, leaky
+
+
+def test_extra_loss_terms_become_log_columns(tmp_path, monkeypatch):
+    import modules
+
+    class WithTerm(modules.GPT):
+        def forward(self, tokens, targets=None, cache=None):
+            logits, loss, _ = super().forward(tokens, targets, cache)
+            return logits, loss, {"aux_loss": torch.tensor(0.25)}
+    monkeypatch.setitem(modules.MODEL_REGISTRY, "gpt", WithTerm)
+    cfg, tcfg = tiny_configs(max_steps=4, eval_interval=2, checkpoint_interval=1, grad_accum_steps=2,
+                             out_dir=str(tmp_path))
+    run = train.train(cfg, tcfg, progress=False)
+    rows = read_log(run)
+    assert list(rows[0])[-1] == "aux_loss" and [float(r["aux_loss"]) for r in rows] == [0.25, 0.25]
