@@ -52,6 +52,12 @@ class KVCache(DecodeCache):
         self.v = torch.zeros(shape, device=device, dtype=dtype)
 
 
+def apply_rope(x, cos, sin):
+    """Rotate-half RoPE: channel j pairs with j + d/2. x (..., d); cos/sin broadcastable to (..., d/2)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).type_as(x)
+
+
 class RotaryEmbedding(LoggingModule):
     """RoPE (rotate-half form). cos/sin tables are computed once for max_seq_len positions."""
 
@@ -68,8 +74,7 @@ class RotaryEmbedding(LoggingModule):
         cos, sin = self.cos[positions], self.sin[positions]  # (T, D/2) or (B, T, D/2)
         if cos.dim() == 3:
             cos, sin = cos[:, None], sin[:, None]
-        x1, x2 = x.float().chunk(2, dim=-1)
-        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).type_as(x)
+        return apply_rope(x, cos, sin)
 
 
 class Attention(LoggingModule):

@@ -23,7 +23,7 @@ or positions. The cache stores un-rotated keys, because levels rotate a shared k
 import torch
 import torch.nn.functional as F
 
-from modules.attention import Attention
+from modules.attention import Attention, apply_rope
 from modules.layer import ResidualLayer
 from modules.logging import log_io
 from modules.model import GPT
@@ -50,12 +50,6 @@ def validate_config(cfg):
         raise ValueError(f"fractal_scale={cfg.fractal_scale!r} is invalid: must be one of ['full', 'per_head']")
     if cfg.fractal_rope not in ("subband", "per_head"):
         raise ValueError(f"fractal_rope={cfg.fractal_rope!r} is invalid: must be one of ['subband', 'per_head']")
-
-
-def rotate(x, cos, sin):
-    """Rotate-half RoPE: x (B, n, T, d), cos/sin broadcastable to (B, n, T, d/2)."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).type_as(x)
 
 
 class FractalHeadAttention(Attention):
@@ -89,7 +83,7 @@ class FractalHeadAttention(Attention):
         """x (B, n, T, d) rotated for `level` at positions (T,) or (B, T)."""
         cos, sin = getattr(self, f"cos_{level}")[positions], getattr(self, f"sin_{level}")[positions]
         # (T, n, d/2) -> (n, T, d/2);  (B, T, n, d/2) -> (B, n, T, d/2)
-        return rotate(x, cos.transpose(-3, -2), sin.transpose(-3, -2))
+        return apply_rope(x, cos.transpose(-3, -2), sin.transpose(-3, -2))
 
     @log_io
     def attend_level(self, level, q, k, v, q_positions, k_positions, mask, is_causal):

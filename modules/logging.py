@@ -5,7 +5,7 @@ carry `@log_io`. Tracing is off by default; then the decorator costs one attribu
 
     with trace(model):                      # the whole model: every LoggingModule child
         model(tokens)
-    with trace(model, mute={"rotate"}):     # hide some methods by name
+    with trace(model, mute={"project_qkv"}):  # hide some methods by name
         ...
 
 Each decorated call prints, indented by call depth, its tensor inputs and outputs
