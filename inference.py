@@ -151,10 +151,11 @@ def main(argv=None):
         kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                       top_p=args.top_p, min_p=args.min_p, seed=args.seed)
         if args.num_samples == 1:  # stream the story as it is written
-            print(args.prompt, end="", flush=True)
             ids = []
 
-            def show(_, next_id):
+            def show(step, next_id):
+                if step == 0:  # the prompt, once generation is known to work
+                    print(args.prompt, end="", flush=True)
                 before = decode_continuation(tokenizer, ids)
                 ids.append(int(next_id[0]))
                 print(decode_continuation(tokenizer, ids)[len(before):], end="", flush=True)

@@ -138,3 +138,16 @@ def test_every_architecture_generates_batched_with_cache_equal_to_recomputation(
     batch = inference.generate(model, tok, prompts, **greedy)
     for row, prompt in enumerate(prompts):
         assert torch.equal(inference.generate(model, tok, [prompt], **greedy)[0], batch[row])
+
+
+def test_cli_errors_and_streaming(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="no trained model"):
+        inference.main(["--model", str(tmp_path / "missing")])
+    path = os.path.join(os.path.dirname(__file__), "..", "trained", "llama_1m")
+    if not os.path.isfile(os.path.join(path, "model.safetensors")):
+        pytest.skip("the shipped model trained/llama_1m is not present")
+    with pytest.raises(SystemExit, match="max_seq_len=512"):
+        inference.main(["--model", path, "--prompt", "word " * 600])
+    assert capsys.readouterr().out == ""  # nothing printed before the error
+    inference.main(["--model", path, "--prompt", "Tom", "--max_new_tokens", "5", "--seed", "0", "--device", "cpu"])
+    assert capsys.readouterr().out.startswith("Tom")
