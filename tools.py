@@ -2,6 +2,7 @@
 import contextlib
 import os
 import random
+import shutil
 
 import numpy as np
 import torch
@@ -50,8 +51,13 @@ def autocast(device, enabled):
 
 
 def compile_enabled(setting, device):
-    """torch.compile: 'on'/'off', or 'auto' = on for cuda and cpu (mps support is partial)."""
-    return setting == "on" or (setting == "auto" and device.type in ("cuda", "cpu"))
+    """torch.compile: 'on'/'off', or 'auto' = on for cuda, and for cpu when a C++ compiler (which
+    the CPU backend needs) is installed; off on mps, where support is partial."""
+    if setting != "auto":
+        return setting == "on"
+    if device.type == "cpu":
+        return any(shutil.which(c) for c in ("g++", "c++", "clang++", "cl"))
+    return device.type == "cuda"
 
 
 def seed_everything(seed):
