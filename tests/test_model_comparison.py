@@ -12,7 +12,9 @@ from conftest import tiny_configs
 def two_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
     runs = []
-    for name, overrides in (("a_gpt", dict()), ("b_char", dict(tokenizer="char", pos_encoding="learned"))):
+    # two architectures and two tokenizers, compared in one process
+    mm_char = dict(model_type="mm", pos_encoding="none", mm_pmem_size=16, tokenizer="char")
+    for name, overrides in (("a_gpt", dict()), ("b_mm_char", mm_char)):
         cfg, tcfg = tiny_configs(name=name, out_dir=str(out), max_steps=20, eval_interval=10, lr=1e-2, **overrides)
         runs.append(train.train(cfg, tcfg, progress=False))
     return runs
@@ -30,7 +32,7 @@ def test_topk_from_logits_hand_checked():
 
 def test_compare_two_runs(two_runs, tmp_path):
     table, _ = mc.compare(two_runs, str(tmp_path / "cmp"), ks=(1, 5), progress=False)
-    assert list(table["run"]) == ["a_gpt", "b_char"]
+    assert list(table["run"]) == ["a_gpt", "b_mm_char"] and list(table["model_type"]) == ["gpt", "mm"]
     assert (table["params"] > table["non_embedding_params"]).all() and (table["tokens"] == 20 * 8 * 64).all()
     for k in (1, 5):
         assert table[f"top{k}_acc"].between(0, 1).all()
