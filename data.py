@@ -81,8 +81,10 @@ class TokenData:
 
 
 def _atomic_write(path, write):
+    """write(file) into a temporary file, then rename it onto path (no half-written cache)."""
     tmp = f"{path}.tmp{os.getpid()}"
-    write(tmp)
+    with open(tmp, "wb") as f:
+        write(f)
     os.replace(tmp, path)
 
 
@@ -93,7 +95,6 @@ def get_token_data(split, tokenizer_name, data_dir=""):
     data_dir = resolve_data_dir(data_dir)
     with open(os.path.join(TOKENIZER_DIR, f"{tokenizer_name}.json"), "rb") as f:
         key = hashlib.sha1(f.read())
-    stories = None
     if data_dir:
         with open(os.path.join(data_dir, SPLIT_FILES[split]), "rb") as f:
             key.update(f.read())
@@ -117,9 +118,9 @@ def get_token_data(split, tokenizer_name, data_dir=""):
     num_chars = sum(len(s) for s in stories) + len(stories)
     dtype = np.uint16 if tokenizer.get_vocab_size() <= 65536 else np.int32
     os.makedirs(CACHE_DIR, exist_ok=True)
-    _atomic_write(stem + ".npy", lambda p: np.save(open(p, "wb"), tokens.astype(dtype)))
-    _atomic_write(stem + ".json", lambda p: json.dump({"num_chars": num_chars, "stories": len(stories),
-                                                        "tokens": len(tokens)}, open(p, "w")))
+    meta = {"num_chars": num_chars, "stories": len(stories), "tokens": len(tokens)}
+    _atomic_write(stem + ".npy", lambda f: np.save(f, tokens.astype(dtype)))
+    _atomic_write(stem + ".json", lambda f: f.write(json.dumps(meta).encode()))
     return TokenData(torch.from_numpy(tokens), num_chars)
 
 
