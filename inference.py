@@ -85,7 +85,7 @@ def encode_prompts(tokenizer, prompts, max_seq_len):
     return tokens, torch.tensor([longest - len(s) for s in ids])
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(model, tokenizer, prompts, max_new_tokens=200, temperature=1.0, top_k=None, top_p=None,
              min_p=None, seed=None, stop_at_eot=True, use_cache=True, on_token=None, return_ids=False):
     """Continue each prompt; returns the list of generated continuations (text, prompt excluded;

@@ -67,15 +67,19 @@ def plot_curves(runs, path=None):
     tokenizers = {config.load_json(config.ModelConfig, os.path.join(r, "model_config.json")).tokenizer for r in runs}
     in_bpc = len(tokenizers) > 1
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), sharey=True)
+    low, high = float("inf"), 0.0
     for (name, log), color in zip(logs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10):
         # nats/token -> bits/char with the validation split's characters per token (same for train)
         factor = (log["val_bpc"] / log["val_loss"]).iloc[-1] if in_bpc else 1.0
+        low = min(low, (log[["val_loss", "train_loss"]] * factor).min().min())
+        high = max(high, (log["val_loss"] * factor).max())
         for ax, x in zip(axes, ("step", "tokens", "elapsed_s")):
             ax.plot(log[x], log["val_loss"] * factor, color=color, label=f"{name} val")
             ax.plot(log[x], log["train_loss"] * factor, color=color, linestyle="--", alpha=0.6, label=f"{name} train")
     for ax, label in zip(axes, ("step", "tokens seen", "wall-clock seconds")):
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
+    axes[0].set_ylim(low - 0.03 * (high - low), high + 0.05 * (high - low))  # the first train losses are far above
     axes[0].set_ylabel("loss (bits per character)" if in_bpc else "loss (nats per token)")
     axes[0].legend(fontsize=8)
     fig.suptitle("train (dashed) and validation (solid) loss")
