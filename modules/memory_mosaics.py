@@ -53,7 +53,7 @@ def pmem_size(cfg):
     return cfg.mm_pmem_size or max(1, round(3.5 * cfg.dim))
 
 
-def leaky_average(x, beta, state=None, chunk=64):
+def leaky_average(x, beta, state=None, chunk=16):
     """Causal leaky average along time, current step included:
         y_t = sum_{s<=t} exp(-beta (t - s)) x_s  (+ exp(-beta (t + 1)) * state)
     x (B, nh, T, hs), beta (nh,) >= 0, state (B, nh, hs) = y of the step before x (for decoding).
