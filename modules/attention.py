@@ -18,6 +18,7 @@ class DecodeCache:
     def __init__(self, batch_size, max_len, device, pad=None):
         self.max_len, self.length = max_len, 0
         self.pad = torch.zeros(batch_size, dtype=torch.long, device=device) if pad is None else pad.to(device)
+        self._mask_for, self._mask = None, None
 
     def real(self, num_new):
         """(B, num_new) bool: True where a new slot holds a real token, False for left padding."""
@@ -32,8 +33,15 @@ class DecodeCache:
         return (slots[None, :] - self.pad[:, None]).clamp_min(0)
 
     def attention_mask(self, num_new):
-        """(B, 1, num_new, length + num_new) bool, or None when a plain causal mask suffices."""
-        if not bool(self.pad.any()):
+        """(B, 1, num_new, length + num_new) bool for the new tokens, or None when none is needed:
+        no padding, and either a prompt written from slot 0 (plain causal) or one new token (it
+        sees every slot). Built once per forward and shared by all layers."""
+        if self._mask_for != (self.length, num_new):
+            self._mask_for, self._mask = (self.length, num_new), self._build_mask(num_new)
+        return self._mask
+
+    def _build_mask(self, num_new):
+        if not bool(self.pad.any()) and (self.length == 0 or num_new == 1):
             return None
         q = torch.arange(self.length, self.length + num_new, device=self.pad.device)[:, None]
         k = torch.arange(self.length + num_new, device=self.pad.device)[None, :]
@@ -114,10 +122,7 @@ class Attention(LoggingModule):
         cache.k[self.layer_idx, :, :, start:end] = k
         cache.v[self.layer_idx, :, :, start:end] = v
         mask = cache.attention_mask(k.shape[2])
-        # one new token sees every cached slot; a prompt written at slot 0 needs the causal mask
-        is_causal = start == 0 and k.shape[2] > 1
-        if mask is None and start > 0 and k.shape[2] > 1:  # several new tokens after a prefix: explicit mask
-            mask = torch.ones(end - start, end, dtype=torch.bool, device=k.device).tril(start)
+        is_causal = mask is None and start == 0  # else: one new token, which sees every slot
         return cache.k[self.layer_idx, :, :, :end], cache.v[self.layer_idx, :, :, :end], mask, is_causal
 
     @log_io
