@@ -60,8 +60,7 @@ class FractalHeadAttention(Attention):
         self.rope = None  # rotation happens per level, after the split
         self.levels = level_sizes(cfg)
         self.group = cfg.num_q_heads // cfg.num_kv_heads
-        self.scales = [(D if cfg.fractal_scale == "full" else d) ** -0.5 for D, d in
-                       ((cfg.head_dim, d) for _, d in self.levels)]
+        self.scales = [(cfg.head_dim if cfg.fractal_scale == "full" else d) ** -0.5 for _, d in self.levels]
         self.use_rope = cfg.pos_encoding == "rope"
         if self.use_rope:
             positions = torch.arange(cfg.max_seq_len).float()
