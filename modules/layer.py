@@ -13,7 +13,8 @@ def make_norm(cfg, dim=None):
 
 class ResidualLayer(LoggingModule):
     """(B, T, dim) -> (B, T, dim). `mixer` mixes positions (attention or an architecture's
-    replacement, called as mixer(x, positions, cache)); `mlp` mixes channels. With
+    replacement, called as mixer(x, positions, cache)); `mlp` mixes channels (called as
+    mlp(x, cache), for replacements that keep decoding state). With
     cfg.post_branch_norm each branch output is normalised again before the add (Grok style)."""
 
     def __init__(self, cfg, mixer, mlp=None):
@@ -29,4 +30,4 @@ class ResidualLayer(LoggingModule):
     @log_io
     def forward(self, x, positions, cache=None):
         x = x + self.branch_dropout(self.mixer_post_norm(self.mixer(self.mixer_norm(x), positions, cache)))
-        return x + self.mlp_post_norm(self.mlp(self.mlp_norm(x)))
+        return x + self.mlp_post_norm(self.mlp(self.mlp_norm(x), cache))

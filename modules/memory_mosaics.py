@@ -206,6 +206,7 @@ class PersistentMemory(LoggingModule):
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=cfg.linear_bias)
         self.out.is_residual_out = True
         self.dropout = cfg.attn_dropout
+        self.out_dropout = nn.Dropout(cfg.dropout)  # the branch dropout, as the baseline MLP has
 
     def extra_repr(self):
         return f"heads={self.nh}, slots per head={self.size}"
@@ -220,16 +221,7 @@ class PersistentMemory(LoggingModule):
         z = F.scaled_dot_product_attention(k, slot_k, slot_v, scale=1.0,
                                            dropout_p=self.dropout if self.training else 0.0)
         z = z * torch.exp(SCALAR_MULT * self.out_scale)[:, None, None].to(z.dtype)
-        return self.out(z.transpose(1, 2).reshape(B, T, C))
-
-
-class MosaicBlock(ResidualLayer):
-    """Pre-norm block: context memory, then persistent memory (which also needs the cache)."""
-
-    @log_io
-    def forward(self, x, positions, cache=None):
-        x = x + self.branch_dropout(self.mixer_post_norm(self.mixer(self.mixer_norm(x), positions, cache)))
-        return x + self.branch_dropout(self.mlp_post_norm(self.mlp(self.mlp_norm(x), cache)))
+        return self.out_dropout(self.out(z.transpose(1, 2).reshape(B, T, C)))
 
 
 class MemoryMosaics(GPT):
@@ -238,7 +230,7 @@ class MemoryMosaics(GPT):
     validate_config = staticmethod(validate_config)
 
     def make_layer(self, cfg, layer_idx):
-        return MosaicBlock(cfg, ContextMemory(cfg, layer_idx), mlp=PersistentMemory(cfg, layer_idx))
+        return ResidualLayer(cfg, ContextMemory(cfg, layer_idx), mlp=PersistentMemory(cfg, layer_idx))
 
     def new_cache(self, batch_size, pad=None):
         return MosaicCache(batch_size, self.cfg.max_seq_len, next(self.parameters()).device, pad)

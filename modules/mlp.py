@@ -19,7 +19,8 @@ class MLP(LoggingModule):
         self.dropout = nn.Dropout(dropout)
 
     @log_io
-    def forward(self, x):
+    def forward(self, x, cache=None):
+        """cache is unused: the MLP keeps no state across positions."""
         h = self.up(x)
         if self.gated:
             gate, up = h.chunk(2, dim=-1)
