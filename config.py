@@ -84,7 +84,7 @@ class ModelConfig:
     # --- Fractal-Head Attention (model_type='fha'; see modules/fractal_head_attention.py) ---------
     fractal_split: int = 2             # s: query head i is split into s**i sub-heads of size head_dim / s**i; 1 = ordinary attention
     fractal_scale: str = "full"        # full: logits / sqrt(head_dim) for every sub-head (original) | per_head: / sqrt(sub-head size)
-    fractal_rope: str = "subband"      # subband: sub-head r uses band r of the full-size RoPE frequencies (original) | per_head: fresh RoPE at the sub-head size
+    fractal_rope: str = "subband"      # subband: rotate q, k once at head_dim, then slice: sub-head r gets band r of the frequencies (original) | per_head: fresh RoPE at the sub-head size
     # --- Memory Mosaics (model_type='mm'; see modules/memory_mosaics.py) ---------------------------
     mm_pmem_size: int = 0              # persistent-memory slots per head; 0 = parameter parity with a standard GPT block (3.5 * dim)
     mm_key_scale_max: float = 5.0      # clamp of the key-scale exponent (the paper's library: 5; keeps logits <= e^10)

@@ -1,4 +1,4 @@
-"""Compare trained runs: a summary table, loss curves, teacher-forcing top-k accuracy.
+"""Compare trained runs: a summary table, loss curves, top-k accuracy and paired loss differences.
 
     python model_comparison.py trained/llama_1m trained/gpt2_1m --out comparison/
     python model_comparison.py "trained/*" --out comparison/          # every run (quote the glob)
@@ -11,12 +11,13 @@ that share a tokenizer.
 """
 import argparse
 import glob
-import json
+import math
 import os
 import sys
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 import config
 import data
@@ -44,19 +45,14 @@ def read_log(run):
 
 def summarize(run):
     """One row of the summary table for a run folder."""
-    log = read_log(run)
-    with open(os.path.join(run, "model_config.json")) as f:
-        model_fields = json.load(f)
-    cfg = config.from_dict(config.ModelConfig, model_fields)
-    from modules import build_model
-    total, embedding = tools.count_parameters(build_model(cfg))
-    last, best = log.iloc[-1], log.loc[log["val_loss"].idxmin()]
-    return {"run": os.path.basename(run), "model_type": cfg.model_type, "tokenizer": cfg.tokenizer,
-            "params": total, "non_embedding_params": total - embedding, "tokens": int(last["tokens"]),
+    r = tools.read_run(run)
+    last, best = r.last, r.best
+    return {"run": os.path.basename(run), "model_type": r.model_cfg.model_type, "tokenizer": r.model_cfg.tokenizer,
+            "params": r.params, "non_embedding_params": r.non_embedding_params, "tokens": int(last["tokens"]),
             "wall_clock_s": float(last["elapsed_s"]), "final_val_loss": float(last["val_loss"]),
             "best_val_loss": float(best["val_loss"]), "best_step": int(best["step"]),
             "final_val_bpc": float(last["val_bpc"]), "best_val_bpc": float(best["val_bpc"]),
-            "tokens_per_s": float(log["tokens_per_s"].median())}
+            "tokens_per_s": float(r.log["tokens_per_s"].median())}
 
 
 def plot_curves(runs, path=None):
@@ -99,38 +95,55 @@ def topk_from_logits(logits, targets, ks=(1, 5), ignore_id=data.PAD_ID):
 
 
 @torch.no_grad()
-def topk_accuracy(run, ks=(1, 5), data_dir="", eval_tokens=None, batch_size=8, device="auto"):
+def window_metrics(run, ks=(1, 5), data_dir="", eval_tokens=None, batch_size=8, device="auto"):
     """Teacher-forcing top-k accuracy on the run's fixed validation windows (those its training
-    evaluated on: eval_tokens from its train_config.json unless given)."""
+    evaluated on: eval_tokens from its train_config.json unless given), the mean loss of each
+    window, (N,) nats/token, and the windows' target ids (N, T), for paired comparisons."""
     model, _, cfg = inference.load_model(run, device)
     train_cfg = config.load_json(config.TrainConfig, os.path.join(run, "train_config.json"))
     val = data.get_token_data("valid", cfg.tokenizer, data_dir or train_cfg.data_dir)
     xs, ys = data.validation_windows(val.tokens, cfg.max_seq_len, eval_tokens or train_cfg.eval_tokens)
     dev = next(model.parameters()).device
     hits = {k: 0.0 for k in ks}
-    count = 0
+    count, window_losses = 0, []
     for i in range(0, len(xs), batch_size):
         x, y = xs[i:i + batch_size].to(dev), ys[i:i + batch_size].to(dev)
-        logits = model(x)[0]
+        logits = model(x)[0].float()
+        per_token = F.cross_entropy(logits.transpose(1, 2), y, reduction="none", ignore_index=data.PAD_ID)
+        window_losses.append(per_token.mean(dim=1).cpu())
         n = int((y != data.PAD_ID).sum())
         for k, acc in topk_from_logits(logits.flatten(0, 1), y.flatten(), ks).items():
             hits[k] += acc * n
         count += n
-    return {k: hits[k] / count for k in ks}
+    return {k: hits[k] / count for k in ks}, torch.cat(window_losses), ys
+
+
+def paired_difference(losses, reference):
+    """Mean of losses - reference over the same windows, and its standard error (paired)."""
+    diff = losses - reference
+    return diff.mean().item(), (diff.std() / math.sqrt(len(diff))).item() if len(diff) > 1 else float("nan")
 
 
 def compare(run_patterns, out_dir=None, ks=(1, 5), data_dir="", eval_tokens=None, progress=True):
     """Summary table (a pandas DataFrame, with top-k accuracy columns) and the curve figure.
-    With out_dir, also writes curves.png and summary.md there."""
+    When all runs were evaluated on the same windows (same tokenizer, context and data),
+    delta_loss +- delta_se compares each with the first run (its window losses minus the first
+    run's, mean and paired standard error: a difference well beyond 2 s.e. is not evaluation
+    noise). With out_dir, also writes curves.png and summary.md there."""
     from tqdm.auto import tqdm
     runs = find_runs(run_patterns)
-    rows = []
+    rows, window_losses, windows = [], [], []
     for run in tqdm(runs, desc="runs", disable=not progress):
         row = summarize(run)
-        for k, acc in topk_accuracy(run, ks, data_dir, eval_tokens).items():
-            row[f"top{k}_acc"] = acc
+        accuracy, losses, targets = window_metrics(run, ks, data_dir, eval_tokens)
+        row.update({f"top{k}_acc": acc for k, acc in accuracy.items()})
         rows.append(row)
+        window_losses.append(losses)
+        windows.append(targets)
     table = pd.DataFrame(rows)
+    same_windows = all(w.shape == windows[0].shape and torch.equal(w, windows[0]) for w in windows)
+    if same_windows and len(runs) > 1:
+        table["delta_loss"], table["delta_se"] = zip(*(paired_difference(w, window_losses[0]) for w in window_losses))
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
     fig = plot_curves(runs, os.path.join(out_dir, "curves.png") if out_dir else None)

@@ -107,6 +107,20 @@ def run_dir(train_cfg):
     return os.path.join(out, train_cfg.name)
 
 
+def read_run(run_dir):
+    """What a run folder reports, read once for its README and for the comparison table: the
+    ModelConfig, log_data.csv (pandas), its last row, the row of lowest validation loss, and
+    the parameter counts (total, non-embedding)."""
+    import pandas as pd
+    from types import SimpleNamespace
+    from modules import build_model
+    cfg = config.load_json(config.ModelConfig, os.path.join(run_dir, "model_config.json"))
+    log = pd.read_csv(os.path.join(run_dir, "log_data.csv"))
+    total, embedding = count_parameters(build_model(cfg))
+    return SimpleNamespace(model_cfg=cfg, log=log, last=log.iloc[-1], best=log.loc[log["val_loss"].idxmin()],
+                           params=total, non_embedding_params=total - embedding)
+
+
 def demo_config(model_type):
     """A tiny ModelConfig of `model_type` (its first preset, shrunk) for shape traces and demos."""
     preset = next((name for name, fields in config.PRESETS.items() if fields.get("model_type", "gpt") == model_type), None)

@@ -281,16 +281,13 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
 
 def write_run_readme(run_dir, command=None):
     """trained/NAME/README.md: how the run was made and what it reached, from its own files."""
-    import pandas as pd
-    model_cfg = config.load_json(config.ModelConfig, os.path.join(run_dir, "model_config.json"))
+    run = tools.read_run(run_dir)
+    model_cfg, log, last, best = run.model_cfg, run.log, run.last, run.best
     train_cfg = config.load_json(config.TrainConfig, os.path.join(run_dir, "train_config.json"))
-    log = pd.read_csv(os.path.join(run_dir, "log_data.csv"))
-    last, best = log.iloc[-1], log.loc[log["val_loss"].idxmin()]
-    total, embedding = tools.count_parameters(build_model(model_cfg))
     data_source = train_cfg.data_dir or os.environ.get("MMS_DATA_DIR") or f"the Hugging Face hub ({data.HUB_DATASET})"
     text = f"""# {os.path.basename(run_dir)}
 
-`{model_cfg.model_type}` model, {total:,} parameters ({total - embedding:,} non-embedding), tokenizer `{model_cfg.tokenizer}`,
+`{model_cfg.model_type}` model, {run.params:,} parameters ({run.non_embedding_params:,} non-embedding), tokenizer `{model_cfg.tokenizer}`,
 context {model_cfg.max_seq_len}. Made with:
 
 ```bash

@@ -8,13 +8,13 @@ Compare the ratio printed at the end, measured in this one run.
 import argparse
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import config  # noqa: E402
 from modules.memory_mosaics import leaky_average  # noqa: E402
+from timing import median_time  # noqa: E402
 
 
 def dense_leaky_average(x, beta):
@@ -23,17 +23,6 @@ def dense_leaky_average(x, beta):
     lag = torch.arange(T)[:, None] - torch.arange(T)[None, :]
     weights = torch.exp(-beta[:, None, None] * lag.clamp_min(0)) * (lag >= 0)
     return weights[None] @ x
-
-
-def median_time(fn, steps, warmup=2):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def main():

@@ -9,7 +9,6 @@ one run), not absolute figures across runs. Uses random tokens: data loading is 
 import argparse
 import os
 import sys
-import time
 
 import torch
 
@@ -18,6 +17,7 @@ import config  # noqa: E402
 import tools  # noqa: E402
 from modules import build_model  # noqa: E402
 from train import make_optimizer  # noqa: E402
+from timing import median_time  # noqa: E402
 
 MODES = {"eager fp32": (False, False), "bf16 autocast": (True, False), "compiled fp32": (False, True),
          "compiled + bf16": (True, True)}
@@ -40,16 +40,7 @@ def measure(preset, use_autocast, use_compile, steps, batch_size, warmup, device
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):  # compilation and allocator warm-up
-        step()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    median = times[len(times) // 2]
-    return batch_size * model_cfg.max_seq_len / median
+    return batch_size * model_cfg.max_seq_len / median_time(step, steps, warmup)
 
 
 def main():

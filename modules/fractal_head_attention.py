@@ -12,13 +12,21 @@ Knobs (ModelConfig):
   fractal_split     s >= 1
   fractal_scale     'full'     logits * 1/sqrt(D) for every sub-head (the original)
                     'per_head' logits * 1/sqrt(D / s^i), the usual scale of the sub-head's size
-  fractal_rope      'subband'  sub-head r of level i rotates with its band of the full-D RoPE
-                               frequencies (the original's "rotate at D, then slice", written
-                               so each sub-head keeps RoPE's relative-position property)
-                    'per_head' each sub-head gets fresh RoPE at its own size D / s^i
+  fractal_rope      'subband'  the original: q and k are rotated once at the full size D, then
+                               sliced, so sub-head r of level i holds RoPE pairs r*d/2..(r+1)*d/2
+                               (a band of frequencies) and every level reads the same rotated key
+                    'per_head' each sub-head gets fresh RoPE at its own size d = D / s^i, so each
+                               level rotates the shared key its own way
+
+The original rotates in the interleaved convention (pair j = channels 2j, 2j+1), where
+"rotate, then slice contiguously" keeps pairs whole. The sandbox's RoPE is rotate-half (pair j
+= channels j and j + D/2, see Attention), so a 'subband' sub-head takes its band's channels
+from both halves. That is the original up to a fixed permutation of the q/k projection rows,
+and with s = 1 it is exactly the baseline attention.
 
 Vectorised: one scaled_dot_product_attention call per level (H calls), no loop over sub-heads
-or positions. The cache stores un-rotated keys, because levels rotate a shared key differently.
+or positions. The cache holds keys as project_qkv returns them: rotated for 'subband' (as the
+baseline), un-rotated for 'per_head', where levels rotate the shared key differently.
 """
 import torch
 import torch.nn.functional as F
@@ -57,20 +65,17 @@ class FractalHeadAttention(Attention):
 
     def __init__(self, cfg, layer_idx):
         super().__init__(cfg, layer_idx)
-        self.rope = None  # rotation happens per level, after the split
         self.levels = level_sizes(cfg)
         self.group = cfg.num_q_heads // cfg.num_kv_heads
         self.scales = [(cfg.head_dim if cfg.fractal_scale == "full" else d) ** -0.5 for _, d in self.levels]
-        self.use_rope = cfg.pos_encoding == "rope"
-        if self.use_rope:
+        self.subband = cfg.pos_encoding == "rope" and cfg.fractal_rope == "subband"
+        self.per_head_rope = cfg.pos_encoding == "rope" and cfg.fractal_rope == "per_head"
+        if self.per_head_rope:
+            self.rope = None  # rotation happens per sub-head, after the split
             positions = torch.arange(cfg.max_seq_len).float()
-            full = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim)
             for i, (n, d) in enumerate(self.levels):
-                if cfg.fractal_rope == "subband":
-                    inv_freq = full.view(n, d // 2)  # sub-head r gets frequency band r
-                else:
-                    inv_freq = (1.0 / cfg.rope_theta ** (torch.arange(0, d, 2).float() / d)).expand(n, d // 2)
-                angles = positions[:, None, None] * inv_freq  # (max_seq_len, n, d/2)
+                inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, d, 2).float() / d)
+                angles = positions[:, None] * inv_freq  # (max_seq_len, d/2), the same for the n sub-heads
                 self.register_buffer(f"cos_{i}", angles.cos(), persistent=False)
                 self.register_buffer(f"sin_{i}", angles.sin(), persistent=False)
 
@@ -78,22 +83,30 @@ class FractalHeadAttention(Attention):
         layout = ", ".join(f"{n}x{d}" for n, d in self.levels)
         return f"levels (sub-heads x size): {layout}; kv_heads={self.num_kv_heads}"
 
-    def _rope(self, x, level, positions):
-        """x (B, n, T, d) rotated for `level` at positions (T,) or (B, T)."""
+    def split_qk(self, x, level):
+        """q or k of one level, (B, T, D) -> (B, n, T, d): the level's n sub-heads."""
+        n, d = self.levels[level]
+        B, T = x.shape[:2]
+        if self.subband:  # sub-head r = RoPE pairs r*d/2..(r+1)*d/2 = those channels of both halves
+            return x.view(B, T, 2, n, d // 2).permute(0, 3, 1, 2, 4).reshape(B, n, T, d)
+        return x.reshape(B, T, n, d).transpose(1, 2)
+
+    def rope_per_head(self, x, level, positions):
+        """'per_head' RoPE: x (B, n, T, d) rotated at size d, positions (T,) or (B, T)."""
         cos, sin = getattr(self, f"cos_{level}")[positions], getattr(self, f"sin_{level}")[positions]
-        # (T, n, d/2) -> (n, T, d/2);  (B, T, n, d/2) -> (B, n, T, d/2)
-        return apply_rope(x, cos.transpose(-3, -2), sin.transpose(-3, -2))
+        if cos.dim() == 3:  # (B, T, d/2): one position row per batch row
+            cos, sin = cos[:, None], sin[:, None]
+        return apply_rope(x, cos, sin)
 
     @log_io
     def attend_level(self, level, q, k, v, q_positions, k_positions, mask, is_causal):
         """Level i: q (B, T, D), k/v (B, S, D) -> (B, T, D) through s^i sub-heads of size D/s^i."""
         n, d = self.levels[level]
         B, T, S = q.shape[0], q.shape[1], k.shape[1]
-        q = q.reshape(B, T, n, d).transpose(1, 2)
-        k = k.reshape(B, S, n, d).transpose(1, 2)
-        v = v.reshape(B, S, n, d).transpose(1, 2)
-        if self.use_rope:
-            q, k = self._rope(q, level, q_positions), self._rope(k, level, k_positions)
+        q, k = self.split_qk(q, level), self.split_qk(k, level)
+        v = v.reshape(B, S, n, d).transpose(1, 2)  # values are sliced contiguously, as in the original
+        if self.per_head_rope:
+            q, k = self.rope_per_head(q, level, q_positions), self.rope_per_head(k, level, k_positions)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
                                            dropout_p=self.dropout if self.training else 0.0,
                                            scale=self.scales[level])
@@ -102,11 +115,12 @@ class FractalHeadAttention(Attention):
     @log_io
     def forward(self, x, positions, cache=None):
         B, T, _ = x.shape
-        q, k, v = self.project_qkv(x, positions)  # (B, H, T, D), (B, K, T, D): no rotation yet
+        q, k, v = self.project_qkv(x, positions)  # (B, H, T, D), (B, K, T, D); rotated unless per_head
         mask, is_causal, k_positions = None, True, positions
         if cache is not None:
             k, v, mask, is_causal = self.read_cache(k, v, cache)
-            k_positions = cache.positions(k.shape[2], start=0)
+            if self.per_head_rope:
+                k_positions = cache.positions(k.shape[2], start=0)
         out = torch.cat([self.attend_level(i, q[:, i], k[:, i // self.group], v[:, i // self.group],
                                            positions, k_positions, mask, is_causal)
                          for i in range(len(self.levels))], dim=-1)

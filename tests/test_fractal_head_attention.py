@@ -19,12 +19,21 @@ def fha_cfg(**kw):
 
 def naive_reference(attn, cfg, x):
     """The original's computation written literally: a Python loop over levels and sub-heads,
-    explicit softmax over a causal mask; RoPE per sub-head in rotate-half form."""
+    explicit softmax over a causal mask. 'subband' RoPE is the original's: interleaved pairs
+    (channels 2j, 2j+1), applied once at the full head size, then contiguous slices. The module
+    keeps q/k in rotate-half order (pair j = channels j, j + D/2), so its projections are first
+    put into the original's channel order. 'per_head' rotates each slice at its own size."""
     B, T, _ = x.shape
     H, K, D, s = cfg.num_q_heads, cfg.num_kv_heads, cfg.head_dim, cfg.fractal_split
     q, k, v = attn.qkv(x).view(B, T, H + 2 * K, D).split([H, K, K], dim=2)  # (B, T, heads, D)
-    full_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, D, 2).float() / D)
     pos = torch.arange(T).float()
+    if cfg.pos_encoding == "rope" and cfg.fractal_rope == "subband":
+        def interleaved_rope(t):
+            t = t.view(B, T, -1, 2, D // 2).transpose(-1, -2).reshape(B, T, -1, D // 2, 2)  # original order
+            freq = 1.0 / cfg.rope_theta ** (torch.arange(0, D, 2).float() / D)
+            rotation = torch.polar(torch.ones(T, D // 2), pos[:, None] * freq)[:, None]  # (T, 1, D/2)
+            return torch.view_as_real(torch.view_as_complex(t.contiguous()) * rotation).flatten(-2)
+        q, k = interleaved_rope(q), interleaved_rope(k)
     out = []
     for i in range(H):
         n, d = s ** i, D // s ** i
@@ -33,12 +42,8 @@ def naive_reference(attn, cfg, x):
             qs = q[:, :, i, r * d:(r + 1) * d]
             ks = k[:, :, i // (H // K), r * d:(r + 1) * d]
             vs = v[:, :, i // (H // K), r * d:(r + 1) * d]
-            if cfg.pos_encoding == "rope":
-                if cfg.fractal_rope == "subband":
-                    freq = full_freq[r * d // 2:(r + 1) * d // 2]
-                else:
-                    freq = 1.0 / cfg.rope_theta ** (torch.arange(0, d, 2).float() / d)
-                ang = pos[:, None] * freq
+            if cfg.pos_encoding == "rope" and cfg.fractal_rope == "per_head":
+                ang = pos[:, None] * (1.0 / cfg.rope_theta ** (torch.arange(0, d, 2).float() / d))
                 cos, sin = ang.cos(), ang.sin()
 
                 def rot(t):
@@ -68,6 +73,13 @@ def test_matches_naive_loop_reference(s, H, K, D, scale, rope):
         torch.testing.assert_close(attn(x, torch.arange(T)), naive_reference(attn, cfg, x), atol=1e-5, rtol=1e-5)
 
 
+def test_matches_naive_loop_reference_without_rope():
+    cfg = fha_cfg(pos_encoding="learned", num_kv_heads=3)  # positions come from the embedding: plain slices
+    attn = FractalHeadAttention(cfg, 0)
+    x = torch.randn(2, 9, cfg.dim)
+    torch.testing.assert_close(attn(x, torch.arange(9)), naive_reference(attn, cfg, x), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("H, K", [(3, 1), (4, 2), (2, 2)])
 def test_split_one_is_ordinary_attention(H, K):
     cfg = fha_cfg(fractal_split=1, num_q_heads=H, num_kv_heads=K)
@@ -91,11 +103,14 @@ def test_sub_head_scores_depend_only_on_relative_position():
     for rope in ("subband", "per_head"):
         cfg = fha_cfg(fractal_rope=rope, head_dim=16)
         attn = FractalHeadAttention(cfg, 0)
-        vec = torch.randn(1, 1, 16).expand(1, 20, 16)
-        for level, (n, d) in enumerate(attn.levels):
-            x = vec.reshape(1, 20, n, d).transpose(1, 2)
-            rotated = attn._rope(x, level, torch.arange(20))
-            scores = rotated @ rotated.transpose(-1, -2)  # (1, n, 20, 20)
+        vec = torch.randn(1, 1, 1, 16).expand(1, 1, 20, 16)  # (B, heads, T, D)
+        positions = torch.arange(20)
+        for level in range(len(attn.levels)):
+            if rope == "subband":  # rotated once at the full size, then sliced
+                sub = attn.split_qk(attn.rope(vec, positions)[:, 0], level)
+            else:
+                sub = attn.rope_per_head(attn.split_qk(vec[:, 0], level), level, positions)
+            scores = sub @ sub.transpose(-1, -2)  # (1, n, 20, 20)
             torch.testing.assert_close(scores[..., 5, 3], scores[..., 9, 7], atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(scores[..., 12, 2], scores[..., 17, 7], atol=1e-4, rtol=1e-4)
 

@@ -43,17 +43,35 @@ def test_compare_two_runs(two_runs, tmp_path):
     assert summary.count("\n") == 4 and "| a_gpt |" in summary
 
 
+def test_paired_difference_hand_checked():
+    mean, se = mc.paired_difference(torch.tensor([2.0, 3.0, 4.0, 5.0]), torch.tensor([1.0, 3.0, 3.0, 5.0]))
+    assert mean == pytest.approx(0.5)  # differences 1, 0, 1, 0: std 0.57735, / sqrt(4)
+    assert se == pytest.approx(0.57735 / 2, abs=1e-5)
+
+
+def test_same_windows_give_delta_columns(two_runs, tmp_path):
+    import shutil
+    twin = shutil.copytree(two_runs[0], tmp_path / "twin")  # the same weights under another name
+    table, _ = mc.compare([two_runs[0], str(twin)], ks=(1,), progress=False)
+    assert list(table["delta_loss"]) == [0.0, 0.0] and list(table["delta_se"]) == [0.0, 0.0]
+    table, _ = mc.compare(two_runs, ks=(1,), progress=False)  # different tokenizers: not comparable per window
+    assert "delta_loss" not in table
+
+
 def test_topk_equals_direct_computation(two_runs):
     import data
     import inference
     run = two_runs[0]
-    acc = mc.topk_accuracy(run, ks=(1, 3))
+    acc, window_losses, targets = mc.window_metrics(run, ks=(1, 3))
     model, _, cfg = inference.load_model(run, device="cpu")
     val = data.get_token_data("valid", cfg.tokenizer, tiny_configs()[1].data_dir)
     x, y = data.validation_windows(val.tokens, cfg.max_seq_len, 2048)
     with torch.no_grad():
-        pred = model(x)[0].argmax(-1)
-    assert acc[1] == pytest.approx((pred == y).float().mean().item(), abs=1e-6)
+        logits = model(x)[0]
+    assert torch.equal(targets, y)
+    assert acc[1] == pytest.approx((logits.argmax(-1) == y).float().mean().item(), abs=1e-6)
+    per_window = torch.stack([torch.nn.functional.cross_entropy(lx, ly) for lx, ly in zip(logits, y)])
+    torch.testing.assert_close(window_losses, per_window, atol=1e-5, rtol=1e-5)
 
 
 def test_cli_and_errors(two_runs, tmp_path, capsys):
