@@ -31,7 +31,7 @@ baseline), un-rotated for 'per_head', where levels rotate the shared key differe
 import torch
 import torch.nn.functional as F
 
-from modules.attention import Attention, apply_rope
+from modules.attention import Attention, apply_rope, rope_tables
 from modules.layer import ResidualLayer
 from modules.logging import log_io
 from modules.model import GPT
@@ -72,12 +72,11 @@ class FractalHeadAttention(Attention):
         self.per_head_rope = cfg.pos_encoding == "rope" and cfg.fractal_rope == "per_head"
         if self.per_head_rope:
             self.rope = None  # rotation happens per sub-head, after the split
-            positions = torch.arange(cfg.max_seq_len).float()
             for i, (n, d) in enumerate(self.levels):
                 inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, d, 2).float() / d)
-                angles = positions[:, None] * inv_freq  # (max_seq_len, d/2), the same for the n sub-heads
-                self.register_buffer(f"cos_{i}", angles.cos(), persistent=False)
-                self.register_buffer(f"sin_{i}", angles.sin(), persistent=False)
+                cos, sin = rope_tables(inv_freq, torch.arange(cfg.max_seq_len))  # (max_seq_len, d), for all n sub-heads
+                self.register_buffer(f"cos_{i}", cos, persistent=False)
+                self.register_buffer(f"sin_{i}", sin, persistent=False)
 
     def extra_repr(self):
         layout = ", ".join(f"{n}x{d}" for n, d in self.levels)
@@ -94,7 +93,7 @@ class FractalHeadAttention(Attention):
     def rope_per_head(self, x, level, positions):
         """'per_head' RoPE: x (B, n, T, d) rotated at size d, positions (T,) or (B, T)."""
         cos, sin = getattr(self, f"cos_{level}")[positions], getattr(self, f"sin_{level}")[positions]
-        if cos.dim() == 3:  # (B, T, d/2): one position row per batch row
+        if cos.dim() == 3:  # (B, T, d): one position row per batch row
             cos, sin = cos[:, None], sin[:, None]
         return apply_rope(x, cos, sin)
 
