@@ -11,18 +11,17 @@ that share a tokenizer.
 """
 import argparse
 import glob
-import math
 import os
 import sys
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 import config
 import data
 import inference
 import tools
+import train
 
 TRAINED = os.path.join(config.ROOT, "trained")
 
@@ -108,9 +107,8 @@ def window_metrics(run, ks=(1, 5), data_dir="", eval_tokens=None, batch_size=8, 
     count, window_losses = 0, []
     for i in range(0, len(xs), batch_size):
         x, y = xs[i:i + batch_size].to(dev), ys[i:i + batch_size].to(dev)
-        logits = model(x)[0].float()
-        per_token = F.cross_entropy(logits.transpose(1, 2), y, reduction="none", ignore_index=data.PAD_ID)
-        window_losses.append(per_token.mean(dim=1).cpu())
+        logits = model(x)[0]
+        window_losses.append(train.window_losses(logits, y).cpu())
         n = int((y != data.PAD_ID).sum())
         for k, acc in topk_from_logits(logits.flatten(0, 1), y.flatten(), ks).items():
             hits[k] += acc * n
@@ -120,8 +118,7 @@ def window_metrics(run, ks=(1, 5), data_dir="", eval_tokens=None, batch_size=8, 
 
 def paired_difference(losses, reference):
     """Mean of losses - reference over the same windows, and its standard error (paired)."""
-    diff = losses - reference
-    return diff.mean().item(), (diff.std() / math.sqrt(len(diff))).item() if len(diff) > 1 else float("nan")
+    return train.mean_and_se(losses - reference)
 
 
 def compare(run_patterns, out_dir=None, ks=(1, 5), data_dir="", eval_tokens=None, progress=True):

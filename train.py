@@ -80,6 +80,20 @@ def make_optimizer(model, cfg, device):
 
 
 # --- evaluation ---------------------------------------------------------------------------------
+def window_losses(logits, targets):
+    """(B, T, vocab) logits and (B, T) targets -> (B,) mean loss of each window, nats/token
+    (a target that is the padding id counts as zero loss)."""
+    per_token = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none",
+                                                  ignore_index=data.PAD_ID)
+    return per_token.mean(dim=1)
+
+
+def mean_and_se(values):
+    """Mean of a 1-D tensor and its standard error (nan for a single value)."""
+    se = (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else float("nan")
+    return values.mean().item(), se
+
+
 @torch.no_grad()
 def evaluate(model, val_x, val_y, batch_size, device, use_autocast):
     """Mean loss over fixed validation windows, and its standard error across windows."""
@@ -90,13 +104,9 @@ def evaluate(model, val_x, val_y, batch_size, device, use_autocast):
         x, y = val_x[i:i + batch_size].to(device), val_y[i:i + batch_size].to(device)
         with tools.autocast(device, use_autocast):
             logits, _, _ = model(x)
-        per_token = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), y, reduction="none",
-                                                      ignore_index=data.PAD_ID)
-        losses.append(per_token.mean(dim=1).cpu())
+        losses.append(window_losses(logits, y).cpu())
     model.train(was_training)
-    losses = torch.cat(losses)
-    se = (losses.std() / math.sqrt(len(losses))).item() if len(losses) > 1 else float("nan")
-    return losses.mean().item(), se
+    return mean_and_se(torch.cat(losses))
 
 
 # --- run folder ---------------------------------------------------------------------------------
