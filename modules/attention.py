@@ -18,7 +18,7 @@ class DecodeCache:
     def __init__(self, batch_size, max_len, device, pad=None):
         self.max_len, self.length = max_len, 0
         self.pad = torch.zeros(batch_size, dtype=torch.long, device=device) if pad is None else pad.to(device)
-        self._mask_for, self._mask = None, None
+        self._memo_for, self._memo = None, {}
 
     def real(self, num_new):
         """(B, num_new) bool: True where a new slot holds a real token, False for left padding."""
@@ -36,9 +36,16 @@ class DecodeCache:
         """(B, 1, num_new, length + num_new) bool for the new tokens, or None when none is needed:
         no padding, and either a prompt written from slot 0 (plain causal) or one new token (it
         sees every slot). Built once per forward and shared by all layers."""
-        if self._mask_for != (self.length, num_new):
-            self._mask_for, self._mask = (self.length, num_new), self._build_mask(num_new)
-        return self._mask
+        return self.per_forward("attention_mask", num_new, self._build_mask)
+
+    def per_forward(self, name, num_new, build):
+        """build(num_new), computed once per forward (a cache length and a number of new tokens)
+        and shared by every layer that asks for `name`."""
+        if self._memo_for != (self.length, num_new):
+            self._memo_for, self._memo = (self.length, num_new), {}
+        if name not in self._memo:
+            self._memo[name] = build(num_new)
+        return self._memo[name]
 
     def _build_mask(self, num_new):
         if not bool(self.pad.any()) and (self.length == 0 or num_new == 1):

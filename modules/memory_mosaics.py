@@ -101,6 +101,13 @@ class MosaicCache(DecodeCache):
     def state(self, layer_idx, name):
         return self.layers.setdefault((layer_idx, name), {})
 
+    def memory_mask(self, num_new):
+        """(B, num_new, length + num_new - 1) bool: new token t may read the completed pairs at
+        strictly earlier, non-padding positions."""
+        slot = torch.arange(self.length + num_new - 1, device=self.pad.device)
+        query = torch.arange(self.length, self.length + num_new, device=self.pad.device)
+        return (slot[None, :] <= query[:, None] - 1)[None] & (slot[None, None, :] >= self.pad[:, None, None])
+
 
 class LeakyKeys(LoggingModule):
     """Key featuriser: W_k, leaky average with a learned decay per head, L2 normalisation and a scale."""
@@ -184,9 +191,7 @@ class ContextMemory(LoggingModule):
         pairs = n + T - 1  # completed (key, value) pairs: positions 0 .. n+T-2
         if pairs == 0:
             return torch.zeros_like(k)
-        slot = torch.arange(pairs, device=x.device)
-        query = torch.arange(n, n + T, device=x.device)
-        allowed = (slot[None, :] <= query[:, None] - 1)[None] & (slot[None, None, :] >= cache.pad[:, None, None])
+        allowed = cache.per_forward("memory_mask", T, cache.memory_mask)
         y = F.scaled_dot_product_attention(k, st["keys"][:, :, :pairs], st["values"][:, :, :pairs],
                                            attn_mask=allowed[:, None], scale=1.0)
         return torch.where(allowed.any(-1)[:, None, :, None], y, 0.0)  # empty memory -> 0 (and no NaN)
