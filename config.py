@@ -88,6 +88,13 @@ class ModelConfig:
     # --- Memory Mosaics (model_type='mm'; see modules/memory_mosaics.py) ---------------------------
     mm_pmem_size: int = 0              # persistent-memory slots per head; 0 = parameter parity with a standard GPT block (3.5 * dim)
     mm_key_scale_max: float = 5.0      # clamp of the key-scale exponent (the paper's library: 5; keeps logits <= e^10)
+    # --- FutureFormer (model_type='ff'; see modules/future_former.py) ---------------------------
+    ff_scales: int = 2                 # p: future chunks predicted besides the next token (scale c covers ff_mult**c tokens); 1 .. num_layers-1
+    ff_mult: int = 2                   # m: chunk growth; m=2 -> chunks t+2..t+3, t+4..t+7, t+8..t+15; 1 = single tokens t+2, t+3, ...
+    ff_window: str = "disjoint"        # disjoint (chunks follow each other, the author's intent) | nested (every chunk starts at t+2, the original code)
+    ff_target: str = "mean"            # what a chunk is summarised as: sum | mean | max | linear (learned map of the mean) | norm (mean of unit embeddings) of its tokens' (detached) embeddings, or bag (its set of tokens)
+    ff_loss: str = "cos"               # cos | mse | mae against a pooled embedding; bag_ce (softmax CE over the chunk's tokens) | bce (multi-hot, the original) against ff_target='bag'
+    ff_lambda: float = 0.5             # weight lambda**c of scale c's loss (nearest c=1); 0 = plain next-token training (the control)
     # --- derived (filled in by __post_init__, not set by hand) ---------------------------------
     vocab_size: int = field(init=False, default=0)      # from the tokenizer file
     mlp_hidden_dim: int = field(init=False, default=0)  # from dim, mlp_hidden_mult, mlp_gated
@@ -131,6 +138,7 @@ class TrainConfig:
     out_dir: str = "trained"           # parent folder of runs (relative paths are relative to this project)
     seed: int = 1337                   # seeds init, batch order and dropout; same seed + config = same run
     # --- data ---------------------------------------------------------------------------------
+    dataset: str = "tinystories"       # what batches the trainer gets: a key of data.DATASETS; tinystories = packed next-token windows
     data_dir: str = ""                 # local folder with train.txt / valid.txt (TinyStories txt layout); "" = env MMS_DATA_DIR, else the HF hub
     batch_size: int = 16               # sequences per micro-batch
     grad_accum_steps: int = 1          # micro-batches per optimizer step (effective batch = batch_size * grad_accum_steps)
@@ -160,6 +168,8 @@ class TrainConfig:
     def __post_init__(self):
         _check(bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name) and self.name not in (".", ".."),
                "name", self.name, "must be non-empty and use only letters, digits, '-', '_' and '.'")
+        import data  # lazily: data.DATASETS is the single list of datasets
+        _choice("dataset", self.dataset, data.DATASETS)
         _positive(self, "batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_tokens",
                   "checkpoint_interval")
         _check(isinstance(self.seed, int), "seed", self.seed, "must be an integer")
@@ -209,6 +219,12 @@ PRESETS = {
     "tiny": dict(dim=32, num_layers=2, num_q_heads=2, num_kv_heads=1, head_dim=16, max_seq_len=64,
                  tokenizer="bpe512", mlp_hidden_mult=2.0),
 }
+
+# FutureFormer on llama_1m's trunk: chunks t+4..t+7 predicted after layer 1, t+2..t+3 after layer 2
+PRESETS["ff_1m"] = dict(PRESETS["llama_1m"], model_type="ff", ff_scales=2, ff_mult=2, ff_window="disjoint",
+                        ff_target="mean", ff_loss="cos", ff_lambda=0.5)
+# its control: the same model and parameters, trained on the next-token loss alone (lambda 0)
+PRESETS["ff_1m_control"] = dict(PRESETS["ff_1m"], ff_lambda=0.0)
 
 
 def _fields(cls):

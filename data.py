@@ -1,5 +1,10 @@
 """Data: TinyStories text -> tokenizer -> cached token array -> random training windows.
 
+A dataset (TrainConfig.dataset picks one from DATASETS) hands the trainer dict batches that it
+passes on as model(**batch), fixed validation batches, the token count of a batch and the
+meaning of bits per character. TinyStories (below) is the default; a dataset living in another
+package registers as "package.module:Class".
+
 Sources, in order: TrainConfig.data_dir, the environment variable MMS_DATA_DIR (a folder with
 train.txt / valid.txt in the official TinyStories txt layout: stories separated by a line
 holding <|endoftext|>), else `datasets.load_dataset("roneneldan/TinyStories")`.
@@ -8,7 +13,9 @@ Each split is tokenized once, batched, into data_cache/<split>-<tokenizer>-<key>
 the key hashes the text source and the tokenizer file, so a change to either rebuilds it.
 Stories are packed back to back, each preceded by the <|endoftext|> id.
 """
+import functools
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -18,6 +25,7 @@ import torch
 from tokenizers import Tokenizer
 
 from config import ROOT, TOKENIZER_DIR
+from metrics import IGNORE_INDEX  # noqa: F401  (targets that take no loss)
 
 EOT_ID, PAD_ID = 0, 1  # the same in every tokenizer built by tokenizers/build.py
 SEPARATOR = "<|endoftext|>"
@@ -148,3 +156,58 @@ def validation_windows(tokens, seq_len, max_tokens):
 def bits_per_char(loss_nats, data):
     """Convert a per-token loss in nats to bits per character of `data`'s text."""
     return loss_nats * data.tokens_per_char / math.log(2)
+
+
+class TinyStories:
+    """Packed TinyStories windows. Batches are {"tokens": (B, T), "targets": (B, T)} int64, the
+    targets being the next tokens; validation uses the fixed windows of `validation_windows`.
+    The splits are tokenized (or read from the cache) on first use."""
+
+    def __init__(self, model_cfg, train_cfg):
+        self.tokenizer, self.seq_len = model_cfg.tokenizer, model_cfg.max_seq_len
+        self.data_dir, self.eval_tokens = train_cfg.data_dir, train_cfg.eval_tokens
+
+    @functools.cached_property
+    def train_data(self):
+        return get_token_data("train", self.tokenizer, self.data_dir)
+
+    @functools.cached_property
+    def valid_data(self):
+        return get_token_data("valid", self.tokenizer, self.data_dir)
+
+    @functools.cached_property
+    def validation(self):
+        return validation_windows(self.valid_data.tokens, self.seq_len, self.eval_tokens)
+
+    def describe(self):
+        return f"{len(self.validation[0])} validation windows of {self.seq_len} tokens"
+
+    def train_batch(self, batch_size, generator):
+        x, y = sample_batch(self.train_data.tokens, batch_size, self.seq_len, generator)
+        return {"tokens": x, "targets": y}
+
+    def val_batches(self, batch_size):
+        """The fixed validation windows, batch_size at a time, always in the same order."""
+        x, y = self.validation
+        for i in range(0, len(x), batch_size):
+            yield {"tokens": x[i:i + batch_size], "targets": y[i:i + batch_size]}
+
+    @staticmethod
+    def batch_tokens(batch):
+        """Tokens a batch trains on (what the log's `tokens` column counts)."""
+        return int((batch["targets"] != IGNORE_INDEX).sum())
+
+    def bits_per_char(self, loss_nats):
+        return bits_per_char(loss_nats, self.valid_data)
+
+
+# TrainConfig.dataset -> "module:Class", imported on use so a dataset's package loads only when chosen
+DATASETS = {
+    "tinystories": "data:TinyStories",  # the default: TinyStories from a local folder or the hub
+}
+
+
+def get_dataset(model_cfg, train_cfg):
+    """The dataset TrainConfig.dataset names, built for these configs."""
+    module, _, cls = DATASETS[train_cfg.dataset].partition(":")
+    return getattr(importlib.import_module(module), cls)(model_cfg, train_cfg)

@@ -87,13 +87,16 @@ def encode_prompts(tokenizer, prompts, max_seq_len):
 
 @torch.inference_mode()
 def generate(model, tokenizer, prompts, max_new_tokens=200, temperature=1.0, top_k=None, top_p=None,
-             min_p=None, seed=None, stop_at_eot=True, use_cache=True, on_token=None, return_ids=False):
+             min_p=None, seed=None, stop_at_eot=True, use_cache=True, on_token=None, return_ids=False,
+             model_inputs=None):
     """Continue each prompt; returns the list of generated continuations (text, prompt excluded;
     with return_ids=True the (B, steps) tensor of generated ids, padding after a row's end).
 
     prompts: list of strings of any lengths (left-padded into one batch). use_cache=False
     recomputes the whole sequence for every new token (same result, much slower; for tests and
-    benchmarks). on_token(step, new_ids (B,)) is called after every step (for streaming)."""
+    benchmarks). on_token(step, new_ids (B,)) is called after every step (for streaming).
+    model_inputs: extra keyword inputs for model.new_cache (e.g. an encoder's input, run once
+    per generation); plain language models take none."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} is invalid: must be a positive integer")
     device = next(model.parameters()).device
@@ -103,11 +106,12 @@ def generate(model, tokenizer, prompts, max_new_tokens=200, temperature=1.0, top
     steps = min(max_new_tokens, model.cfg.max_seq_len - tokens.shape[1])
     new = torch.empty(len(prompts), 0, dtype=torch.long, device=device)
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    cache = model.new_cache(len(prompts), pad) if use_cache else None
+    model_inputs = model_inputs or {}
+    cache = model.new_cache(len(prompts), pad, **model_inputs) if use_cache else None
     next_input = tokens
     for step in range(steps):
         if not use_cache:  # full recomputation: a fresh cache over everything so far
-            cache, next_input = model.new_cache(len(prompts), pad), torch.cat([tokens, new], dim=1)
+            cache, next_input = model.new_cache(len(prompts), pad, **model_inputs), torch.cat([tokens, new], dim=1)
         logits, _, _ = model(next_input, cache=cache)
         next_id = sample_next(logits[:, -1], temperature, top_k, top_p, min_p, generator)
         next_id = next_id.masked_fill(finished, data.PAD_ID)

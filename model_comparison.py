@@ -10,6 +10,7 @@ the tokenizer; per-token losses and top-k accuracies do, so compare those only b
 that share a tokenizer.
 """
 import argparse
+import dataclasses
 import glob
 import os
 import sys
@@ -20,8 +21,8 @@ import torch
 import config
 import data
 import inference
+import metrics
 import tools
-import train
 
 TRAINED = os.path.join(config.ROOT, "trained")
 
@@ -84,15 +85,6 @@ def plot_curves(runs, path=None):
     return fig
 
 
-def topk_from_logits(logits, targets, ks=(1, 5), ignore_id=data.PAD_ID):
-    """Fraction of positions whose target is among the k highest logits. logits (N, V), targets (N,)."""
-    keep = targets != ignore_id
-    logits, targets = logits[keep], targets[keep]
-    ranked = logits.topk(max(ks), dim=-1).indices  # (N, max k)
-    hits = ranked == targets[:, None]
-    return {k: hits[:, :k].any(dim=-1).float().mean().item() for k in ks}
-
-
 @torch.no_grad()
 def window_metrics(run, ks=(1, 5), data_dir="", eval_tokens=None, batch_size=8, device="auto"):
     """Teacher-forcing top-k accuracy on the run's fixed validation windows (those its training
@@ -100,25 +92,24 @@ def window_metrics(run, ks=(1, 5), data_dir="", eval_tokens=None, batch_size=8, 
     window, (N,) nats/token, and the windows' target ids (N, T), for paired comparisons."""
     model, _, cfg = inference.load_model(run, device)
     train_cfg = config.load_json(config.TrainConfig, os.path.join(run, "train_config.json"))
-    val = data.get_token_data("valid", cfg.tokenizer, data_dir or train_cfg.data_dir)
-    xs, ys = data.validation_windows(val.tokens, cfg.max_seq_len, eval_tokens or train_cfg.eval_tokens)
+    train_cfg = dataclasses.replace(train_cfg, data_dir=data_dir or train_cfg.data_dir,
+                                    eval_tokens=eval_tokens or train_cfg.eval_tokens)
     dev = next(model.parameters()).device
-    hits = {k: 0.0 for k in ks}
-    count, window_losses = 0, []
-    for i in range(0, len(xs), batch_size):
-        x, y = xs[i:i + batch_size].to(dev), ys[i:i + batch_size].to(dev)
-        logits = model(x)[0]
-        window_losses.append(train.window_losses(logits, y).cpu())
-        n = int((y != data.PAD_ID).sum())
-        for k, acc in topk_from_logits(logits.flatten(0, 1), y.flatten(), ks).items():
-            hits[k] += acc * n
-        count += n
-    return {k: hits[k] / count for k in ks}, torch.cat(window_losses), ys
+    hits, count, window_losses, targets = {k: 0 for k in ks}, 0, [], []
+    for batch in data.get_dataset(cfg, train_cfg).val_batches(batch_size):
+        batch = tools.to_device(batch, dev)
+        logits, y = model(**batch)[0], batch["targets"]
+        window_losses.append(metrics.window_losses(logits, y).cpu())
+        targets.append(y.cpu())
+        batch_hits, counted = metrics.topk_hits(logits, y, ks)
+        hits = {k: hits[k] + batch_hits[k] for k in ks}
+        count += counted
+    return {k: hits[k] / count for k in ks}, torch.cat(window_losses), torch.cat(targets)
 
 
 def paired_difference(losses, reference):
     """Mean of losses - reference over the same windows, and its standard error (paired)."""
-    return train.mean_and_se(losses - reference)
+    return metrics.mean_and_se(losses - reference)
 
 
 def compare(run_patterns, out_dir=None, ks=(1, 5), data_dir="", eval_tokens=None, progress=True):

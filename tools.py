@@ -23,6 +23,11 @@ def pick_device(name="auto"):
     return torch.device(name)
 
 
+def to_device(batch, device):
+    """A dict batch with every tensor moved to device."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def autocast_enabled(setting, device):
     """bf16 autocast: 'on'/'off', or 'auto' = on where bf16 matmuls are fast (CUDA with bf16, CPUs with AVX-512 BF16/AMX)."""
     if setting != "auto":
@@ -126,5 +131,5 @@ def demo_config(model_type):
     preset = next((name for name, fields in config.PRESETS.items() if fields.get("model_type", "gpt") == model_type), None)
     if preset is None:
         raise ValueError(f"model_type={model_type!r} has no preset in config.PRESETS; add one")
-    return config.get_preset(preset, dim=16, num_layers=1, head_dim=8, max_seq_len=16, tokenizer="bpe512",
-                             mm_pmem_size=8)[0]
+    return config.get_preset(preset, dim=16, num_layers=2, head_dim=8, max_seq_len=16, tokenizer="bpe512",
+                             mm_pmem_size=8, ff_scales=1)[0]

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 import config
 import data
+import metrics
 import tools
 from modules import build_model
 
@@ -80,33 +81,23 @@ def make_optimizer(model, cfg, device):
 
 
 # --- evaluation ---------------------------------------------------------------------------------
-def window_losses(logits, targets):
-    """(B, T, vocab) logits and (B, T) targets -> (B,) mean loss of each window, nats/token
-    (a target that is the padding id counts as zero loss)."""
-    per_token = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none",
-                                                  ignore_index=data.PAD_ID)
-    return per_token.mean(dim=1)
-
-
-def mean_and_se(values):
-    """Mean of a 1-D tensor and its standard error (nan for a single value)."""
-    se = (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else float("nan")
-    return values.mean().item(), se
-
-
 @torch.no_grad()
-def evaluate(model, val_x, val_y, batch_size, device, use_autocast):
-    """Mean loss over fixed validation windows, and its standard error across windows."""
+def evaluate(model, dataset, batch_size, device, use_autocast):
+    """On the dataset's fixed validation batches: the mean next-token loss over windows, its
+    standard error, and the mean of each extra loss term the model reports (over rows)."""
     was_training = model.training
     model.eval()
-    losses = []
-    for i in range(0, len(val_x), batch_size):
-        x, y = val_x[i:i + batch_size].to(device), val_y[i:i + batch_size].to(device)
+    losses, terms_sum = [], {}
+    for batch in dataset.val_batches(batch_size):
+        batch = tools.to_device(batch, device)
         with tools.autocast(device, use_autocast):
-            logits, _, _ = model(x)
-        losses.append(window_losses(logits, y).cpu())
+            logits, _, terms = model(**batch)
+        losses.append(metrics.window_losses(logits, batch["targets"]).cpu())
+        for name, value in terms.items():
+            terms_sum[name] = terms_sum.get(name, 0.0) + float(value) * len(logits)
     model.train(was_training)
-    return mean_and_se(torch.cat(losses))
+    losses = torch.cat(losses)
+    return (*metrics.mean_and_se(losses), {name: total / len(losses) for name, total in terms_sum.items()})
 
 
 # --- run folder ---------------------------------------------------------------------------------
@@ -189,16 +180,14 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
 
     device = tools.pick_device(train_cfg.device)
     use_autocast = tools.autocast_enabled(train_cfg.autocast, device)
-    train_data = data.get_token_data("train", model_cfg.tokenizer, train_cfg.data_dir)
-    val_data = data.get_token_data("valid", model_cfg.tokenizer, train_cfg.data_dir)
-    val_x, val_y = data.validation_windows(val_data.tokens, model_cfg.max_seq_len, train_cfg.eval_tokens)
+    dataset = data.get_dataset(model_cfg, train_cfg)
 
     tools.seed_everything(train_cfg.seed)
     model = build_model(model_cfg).to(device)
     optimizer = make_optimizer(model, train_cfg, device)
     batch_rng = torch.Generator().manual_seed(train_cfg.seed)  # the data position: its state is checkpointed
     # loss_sum / terms_sum: running sums since the last evaluation (extra loss terms a model reports)
-    state = {"step": 0, "elapsed_s": 0.0, "loss_sum": 0.0, "loss_count": 0, "terms_sum": {}}
+    state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "loss_sum": 0.0, "loss_count": 0, "terms_sum": {}}
     if resume:
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         model.load_state_dict(ckpt["model"])
@@ -207,16 +196,15 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
         torch.set_rng_state(ckpt["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in ckpt:
             torch.cuda.set_rng_state(ckpt["cuda_rng"])
-        state = {k: ckpt[k] for k in state}
+        state.update({k: ckpt[k] for k in state if k in ckpt})
         _truncate_log(log_path, state["step"])
     step_model = torch.compile(model) if tools.compile_enabled(train_cfg.compile, device) else model
 
     total, embedding = tools.count_parameters(model)
-    tokens_per_step = train_cfg.batch_size * train_cfg.grad_accum_steps * model_cfg.max_seq_len
     print(f"{model_cfg.model_type} '{train_cfg.name}': {total:,} parameters ({total - embedding:,} non-embedding) "
           f"on {device}, autocast={'bf16' if use_autocast else 'off'}, "
-          f"compile={'on' if step_model is not model else 'off'}; {tokens_per_step:,} tokens/step, "
-          f"{len(val_x)} validation windows" + (f"; resuming at step {state['step']}" if resume else ""))
+          f"compile={'on' if step_model is not model else 'off'}; {train_cfg.dataset}: {dataset.describe()}"
+          + (f"; resuming at step {state['step']}" if resume else ""))
 
     def save_checkpoint():
         extra = {"torch_rng": torch.get_rng_state(), "batch_rng": batch_rng.get_state(), **state}
@@ -229,7 +217,7 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
                dynamic_ncols=True)
     model.train()
     session_start, elapsed_before = time.time(), state["elapsed_s"]
-    interval_steps, interval_train_s, grad_norm = 0, 0.0, float("nan")
+    interval_tokens, interval_train_s, grad_norm = 0, 0.0, float("nan")
     with _StopRequest() as stop:
         while state["step"] < train_cfg.max_steps and not stop.requested:
             step_start = time.time()
@@ -239,9 +227,11 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
                 group["lr"] = lr
             step_loss = 0.0
             for _ in range(train_cfg.grad_accum_steps):
-                x, y = data.sample_batch(train_data.tokens, train_cfg.batch_size, model_cfg.max_seq_len, batch_rng)
+                batch = dataset.train_batch(train_cfg.batch_size, batch_rng)
+                state["tokens"] += dataset.batch_tokens(batch)
+                interval_tokens += dataset.batch_tokens(batch)
                 with tools.autocast(device, use_autocast):
-                    _, loss, terms = step_model(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+                    _, loss, terms = step_model(**tools.to_device(batch, device))
                 (loss / train_cfg.grad_accum_steps).backward()
                 step_loss += loss.item() / train_cfg.grad_accum_steps
                 for name, value in terms.items():
@@ -259,25 +249,25 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
             state["loss_sum"] += step_loss
             state["loss_count"] += 1
             state["elapsed_s"] = elapsed_before + time.time() - session_start
-            interval_steps += 1
             interval_train_s += time.time() - step_start
             bar.update(1)
 
             done = state["step"] == train_cfg.max_steps
             if state["step"] % train_cfg.eval_interval == 0 or done:
-                tok_s = interval_steps * tokens_per_step / max(interval_train_s, 1e-9)
-                val_loss, val_se = evaluate(model, val_x, val_y, train_cfg.batch_size, device, use_autocast)
-                row = {"step": state["step"], "tokens": state["step"] * tokens_per_step,
+                tok_s = interval_tokens / max(interval_train_s, 1e-9)
+                val_loss, val_se, val_terms = evaluate(model, dataset, train_cfg.batch_size, device, use_autocast)
+                row = {"step": state["step"], "tokens": state["tokens"],
                        "elapsed_s": round(state["elapsed_s"], 2), "lr": lr,
                        "train_loss": state["loss_sum"] / state["loss_count"], "val_loss": val_loss,
-                       "val_loss_se": val_se, "val_bpc": data.bits_per_char(val_loss, val_data),
+                       "val_loss_se": val_se, "val_bpc": dataset.bits_per_char(val_loss),
                        "tokens_per_s": round(tok_s, 1), "grad_norm": grad_norm,
-                       **{k: v / state["loss_count"] for k, v in state["terms_sum"].items()}}
+                       **{f"train_{k}": v / state["loss_count"] for k, v in state["terms_sum"].items()},
+                       **{f"val_{k}": v for k, v in val_terms.items()}}
                 _append_log(log_path, row)
                 bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{val_loss:.3f}",
                                 bpc=f"{row['val_bpc']:.3f}", lr=f"{lr:.1e}", tok_s=f"{tok_s:,.0f}")
                 state["loss_sum"], state["loss_count"], state["terms_sum"] = 0.0, 0, {}
-                interval_steps, interval_train_s = 0, 0.0
+                interval_tokens, interval_train_s = 0, 0.0
             if state["step"] % train_cfg.checkpoint_interval == 0 or done:
                 save_checkpoint()
         bar.close()
@@ -306,7 +296,7 @@ context {model_cfg.max_seq_len}. Made with:
 
 | | |
 |---|---|
-| data | {data_source} (TinyStories txt layout) |
+| data | `{train_cfg.dataset}` from {data_source} |
 | tokens seen | {int(last['tokens']):,} ({int(last['step'])} steps of {train_cfg.batch_size * train_cfg.grad_accum_steps} x {model_cfg.max_seq_len}) |
 | wall-clock | {last['elapsed_s'] / 60:.1f} min (median {log['tokens_per_s'].median():,.0f} tokens/s) |
 | final validation loss | {last['val_loss']:.4f} nats/token (± {last['val_loss_se']:.4f} s.e. over windows), {last['val_bpc']:.4f} bits/char |

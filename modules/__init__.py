@@ -4,6 +4,7 @@ Adding an architecture: one file in this folder, one line below, one preset in c
 """
 from modules.logging import LoggingModule, log_io, set_tracing, trace  # noqa: F401
 from modules.fractal_head_attention import FractalHeadGPT
+from modules.future_former import FutureFormer
 from modules.memory_mosaics import MemoryMosaics
 from modules.model import GPT
 
@@ -11,6 +12,7 @@ MODEL_REGISTRY = {
     "gpt": GPT,  # Llama / GPT-2 baseline (modules/model.py)
     "fha": FractalHeadGPT,  # Fractal-Head Attention (modules/fractal_head_attention.py)
     "mm": MemoryMosaics,  # Memory Mosaics (modules/memory_mosaics.py)
+    "ff": FutureFormer,  # FutureFormer: multi-scale future prediction heads (modules/future_former.py)
 }
 
 

@@ -237,5 +237,5 @@ class MemoryMosaics(GPT):
     def make_layer(self, cfg, layer_idx):
         return ResidualLayer(cfg, ContextMemory(cfg, layer_idx), mlp=PersistentMemory(cfg, layer_idx))
 
-    def new_cache(self, batch_size, pad=None):
+    def new_cache(self, batch_size, pad=None, **inputs):
         return MosaicCache(batch_size, self.cfg.max_seq_len, next(self.parameters()).device, pad)

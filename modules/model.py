@@ -2,11 +2,14 @@
 
 Contract kept by every architecture (see README, "Adding an architecture"):
   model = build_model(cfg)
-  logits, loss, terms = model(tokens, targets=None, cache=None)
+  logits, loss, terms = model(tokens, targets=None, cache=None, **inputs)
       tokens (B, T) int64 -> logits (B, T, vocab); loss is a scalar when targets (B, T) are
-      given (positions whose target is the padding id are ignored), else None; terms is a
-      dict of extra named loss terms (empty here), logged as their own columns.
-  cache = model.new_cache(batch_size, pad)   incremental decoding; logits equal the full pass
+      given (targets equal to IGNORE_INDEX = -100 take no loss; the mean runs over the rest),
+      else None; terms is a dict of the loss's named parts (empty here), logged as their own
+      columns. The trainer calls model(**batch) with the dataset's dict batch; a model that
+      needs more than tokens (an encoder's input, say) takes it as another keyword.
+  cache = model.new_cache(batch_size, pad, **inputs)   incremental decoding (it may run an
+      encoder once on `inputs`); logits equal the full pass
   model.no_weight_decay()                    names of parameters that take no weight decay
 """
 import math
@@ -19,7 +22,7 @@ from modules.attention import Attention, KVCache
 from modules.layer import ResidualLayer, make_norm
 from modules.logging import LoggingModule, log_io
 
-PAD_ID = 1  # every tokenizer in tokenizers/ has <|endoftext|> = 0 and <|pad|> = 1
+IGNORE_INDEX = -100  # a target that takes no loss (PyTorch's default; never the padding id)
 
 
 def sinusoidal_table(max_len, dim, theta=10000.0):
@@ -64,7 +67,7 @@ class GPT(LoggingModule):
         """Names of parameters without weight decay (besides all vectors, which never take it)."""
         return {"pos_embed.weight"} if self.cfg.pos_encoding == "learned" else set()
 
-    def new_cache(self, batch_size, pad=None):
+    def new_cache(self, batch_size, pad=None, **inputs):
         """An empty KV cache for batch_size rows; pad (B,) = left-padding slots per row."""
         p = next(self.parameters())
         return KVCache(self.cfg.num_layers, batch_size, self.cfg.num_kv_heads, self.cfg.max_seq_len,
@@ -88,20 +91,27 @@ class GPT(LoggingModule):
         x = self.final_norm(x)
         return self.head(x) if self.head is not None else x @ self.embed.weight.t()
 
+    def positions_for(self, num_new, device, cache=None):
+        """Positions of num_new tokens: (T,) from 0 without a cache, else (B, T) from the cache."""
+        start = 0 if cache is None else cache.length
+        if start + num_new > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {start + num_new} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
+        return torch.arange(num_new, device=device) if cache is None else cache.positions(num_new)
+
+    @staticmethod
+    def next_token_loss(logits, targets):
+        """Mean cross-entropy (fp32) over the targets that are not IGNORE_INDEX."""
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                               ignore_index=IGNORE_INDEX)
+
     @log_io
     def forward(self, tokens, targets=None, cache=None):
-        B, T = tokens.shape
-        start = 0 if cache is None else cache.length
-        if start + T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
-        positions = torch.arange(T, device=tokens.device) if cache is None else cache.positions(T)
+        positions = self.positions_for(tokens.shape[1], tokens.device, cache)
         x = self.embed_tokens(tokens, positions)
         for layer in self.layers:
             x = layer(x, positions, cache)
         if cache is not None:
-            cache.length += T
+            cache.length += tokens.shape[1]
         logits = self.output_logits(x)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=PAD_ID)
+        loss = None if targets is None else self.next_token_loss(logits, targets)
         return logits, loss, {}

@@ -73,4 +73,5 @@ def random_token_heldout_loss(model, vocab_size, steps=300):
     model.eval()
     held_out = torch.randint(vocab_size, (64, 33), generator=torch.Generator().manual_seed(99))
     with torch.no_grad():  # targets are the inputs shifted by one: a leak of t+1 into t shows here
-        return model(held_out[:, :-1], held_out[:, 1:])[1].item()
+        logits = model(held_out[:, :-1], held_out[:, 1:])[0]  # targets passed: a model must not use them
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), held_out[:, 1:].flatten()).item()

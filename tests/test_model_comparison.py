@@ -3,6 +3,7 @@ import os
 import pytest
 import torch
 
+import metrics
 import model_comparison as mc
 import train
 from conftest import tiny_configs
@@ -20,14 +21,22 @@ def two_runs(tmp_path_factory):
     return runs
 
 
-def test_topk_from_logits_hand_checked():
+def test_topk_hits_hand_checked():
     logits = torch.tensor([[0.1, 0.5, 0.2, 0.9],    # ranking 3, 1, 2, 0
                            [1.0, 0.0, 0.3, 0.2],    # ranking 0, 2, 3, 1
-                           [0.0, 0.0, 5.0, 1.0]])   # target is the padding id: ignored
-    acc = mc.topk_from_logits(logits[:2], torch.tensor([1, 0]), ks=(1, 2, 4), ignore_id=-100)
-    assert acc == {1: 0.5, 2: 1.0, 4: 1.0}  # row 0: target ranked 2nd; row 1: ranked 1st
-    acc = mc.topk_from_logits(logits, torch.tensor([3, 0, 1]), ks=(1,), ignore_id=1)
-    assert acc == {1: 1.0}  # rows 0 and 1 hit at k=1; row 2 (a miss) has the ignored target
+                           [0.0, 0.0, 5.0, 1.0]])   # its target is ignored (-100)
+    hits, counted = metrics.topk_hits(logits[:2], torch.tensor([1, 0]), ks=(1, 2, 4))
+    assert hits == {1: 1, 2: 2, 4: 2} and counted == 2  # row 0: target ranked 2nd; row 1: ranked 1st
+    hits, counted = metrics.topk_hits(logits, torch.tensor([3, 0, -100]), ks=(1,))
+    assert hits == {1: 2} and counted == 2  # rows 0 and 1 hit at k=1; row 2 does not count
+
+
+def test_window_losses_average_counted_tokens_only():
+    logits = torch.randn(2, 4, 7)
+    targets = torch.tensor([[1, 2, 3, 4], [5, -100, -100, 6]])
+    per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets.clamp_min(0), reduction="none")
+    expected = torch.stack([per_token[0].mean(), (per_token[1, 0] + per_token[1, 3]) / 2])
+    torch.testing.assert_close(metrics.window_losses(logits, targets), expected)
 
 
 def test_compare_two_runs(two_runs, tmp_path):

@@ -104,7 +104,7 @@ def test_padding_targets_are_ignored():
     x = torch.randint(2, cfg.vocab_size, (1, 8))
     y = torch.randint(2, cfg.vocab_size, (1, 8))
     padded = y.clone()
-    padded[0, 4:] = 1  # PAD_ID
+    padded[0, 4:] = -100  # ignored targets
     logits = model(x)[0]
     expected = torch.nn.functional.cross_entropy(logits[0, :4], y[0, :4])
     torch.testing.assert_close(model(x, padded)[1], expected)

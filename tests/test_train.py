@@ -166,4 +166,5 @@ def test_extra_loss_terms_become_log_columns(tmp_path, monkeypatch):
                              out_dir=str(tmp_path))
     run = train.train(cfg, tcfg, progress=False)
     rows = read_log(run)
-    assert list(rows[0])[-1] == "aux_loss" and [float(r["aux_loss"]) for r in rows] == [0.25, 0.25]
+    assert list(rows[0])[-2:] == ["train_aux_loss", "val_aux_loss"]  # each term on train and validation
+    assert [float(r["train_aux_loss"]) for r in rows] == [float(r["val_aux_loss"]) for r in rows] == [0.25, 0.25]
