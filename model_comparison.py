@@ -12,6 +12,7 @@ that share a tokenizer.
 import argparse
 import dataclasses
 import glob
+import math
 import os
 import sys
 
@@ -107,6 +108,56 @@ def window_metrics(run, ks=(1, 5), data_dir="", eval_tokens=None, batch_size=8, 
     return {k: hits[k] / count for k in ks}, torch.cat(window_losses), torch.cat(targets)
 
 
+def repeated_name_items(tokens, tokenizer, max_len):
+    """The probe of the multi-token-prediction paper (arXiv 2404.19737), built from packed
+    validation tokens: every later occurrence of a two-token name that already appeared in the
+    same story. A two-token name is " Xx" (a capitalised piece after a space) followed by a
+    lowercase continuation, not followed by another one, and seen at least once mid-sentence
+    (after a lowercase word or a comma), which leaves out capitalised sentence starts.
+    Returns the stories (lists of ids, each cut to max_len) and the items (story, position):
+    the model reads the first piece at `position` and should predict the second."""
+    import re
+    pieces = [tokenizer.decode([i]) for i in range(tokenizer.get_vocab_size())]
+    name_start = [bool(re.fullmatch(r" [A-Z][a-z]*", p)) for p in pieces]
+    lowercase = [bool(re.fullmatch(r"[a-z]+", p)) for p in pieces]
+    mid_sentence = [bool(re.search(r"[a-z,]$", p)) for p in pieces]
+    ids = tokens.tolist()
+    bounds = [i for i, t in enumerate(ids) if t == data.EOT_ID] + [len(ids)]
+    stories, items = [], []
+    for a, b in zip(bounds, bounds[1:]):
+        story = ids[a:b][:max_len]
+        occurrences = {}
+        for j in range(1, len(story) - 1):
+            if name_start[story[j]] and lowercase[story[j + 1]] and not (j + 2 < len(story) and lowercase[story[j + 2]]):
+                occurrences.setdefault((story[j], story[j + 1]), []).append(j)
+        probe = [j for js in occurrences.values() if any(mid_sentence[story[j - 1]] for j in js) for j in js[1:]]
+        items += [(len(stories), j) for j in sorted(probe)]
+        stories.append(story)
+    return stories, items
+
+
+@torch.no_grad()
+def name_recall(run, data_dir="", batch_size=16, device="auto"):
+    """Accuracy (greedy, teacher forcing) on the second piece of repeated two-token names in the
+    run's validation text (see repeated_name_items): (N,) bool hits, one per item."""
+    model, tokenizer, cfg = inference.load_model(run, device)
+    train_cfg = config.load_json(config.TrainConfig, os.path.join(run, "train_config.json"))
+    tokens = data.get_token_data("valid", cfg.tokenizer, data_dir or train_cfg.data_dir).tokens
+    stories, items = repeated_name_items(tokens, tokenizer, cfg.max_seq_len)
+    dev = next(model.parameters()).device
+    wanted = sorted({story for story, _ in items})
+    hits = {}
+    for i in range(0, len(wanted), batch_size):
+        rows = [stories[k] for k in wanted[i:i + batch_size]]
+        x = torch.full((len(rows), max(map(len, rows))), data.PAD_ID, dtype=torch.long)
+        for r, story in enumerate(rows):  # right padding: a causal model's earlier outputs ignore it
+            x[r, :len(story)] = torch.tensor(story)
+        predicted = model(x.to(dev))[0].argmax(dim=-1).cpu()
+        for r, k in enumerate(wanted[i:i + batch_size]):
+            hits[k] = predicted[r]
+    return torch.tensor([bool(hits[k][j] == stories[k][j + 1]) for k, j in items])
+
+
 def paired_difference(losses, reference):
     """Mean of losses - reference over the same windows, and its standard error (paired)."""
     return metrics.mean_and_se(losses - reference)
@@ -117,14 +168,20 @@ def compare(run_patterns, out_dir=None, ks=(1, 5), data_dir="", eval_tokens=None
     When all runs were evaluated on the same windows (same tokenizer, context and data),
     delta_loss +- delta_se compares each with the first run (its window losses minus the first
     run's, mean and paired standard error: a difference well beyond 2 s.e. is not evaluation
-    noise). With out_dir, also writes curves.png and summary.md there."""
+    noise; name_delta +- name_delta_se does the same for name_recall). name_recall is the
+    multi-token-prediction paper's probe (see repeated_name_items), with its standard error and
+    item count. With out_dir, also writes curves.png and summary.md there."""
     from tqdm.auto import tqdm
     runs = find_runs(run_patterns)
-    rows, window_losses, windows = [], [], []
+    rows, window_losses, windows, recalls = [], [], [], []
     for run in tqdm(runs, desc="runs", disable=not progress):
         row = summarize(run)
         accuracy, losses, targets = window_metrics(run, ks, data_dir, eval_tokens)
         row.update({f"top{k}_acc": acc for k, acc in accuracy.items()})
+        recall = name_recall(run, data_dir).float()
+        recalls.append(recall)
+        row["name_recall"], row["name_recall_se"] = metrics.mean_and_se(recall) if len(recall) else (math.nan,) * 2
+        row["name_items"] = len(recall)
         rows.append(row)
         window_losses.append(losses)
         windows.append(targets)
@@ -132,6 +189,8 @@ def compare(run_patterns, out_dir=None, ks=(1, 5), data_dir="", eval_tokens=None
     same_windows = all(w.shape == windows[0].shape and torch.equal(w, windows[0]) for w in windows)
     if same_windows and len(runs) > 1:
         table["delta_loss"], table["delta_se"] = zip(*(paired_difference(w, window_losses[0]) for w in window_losses))
+        if len(recalls[0]) > 1:  # same windows: same tokens, so the same name items
+            table["name_delta"], table["name_delta_se"] = zip(*(paired_difference(r, recalls[0]) for r in recalls))
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
     fig = plot_curves(runs, os.path.join(out_dir, "curves.png") if out_dir else None)
@@ -144,7 +203,7 @@ def compare(run_patterns, out_dir=None, ks=(1, 5), data_dir="", eval_tokens=None
 def markdown_table(table):
     """The summary as a markdown table with readable number formats."""
     formats = {"params": "{:,}", "non_embedding_params": "{:,}", "tokens": "{:,}", "wall_clock_s": "{:.0f}",
-               "tokens_per_s": "{:,.0f}", "best_step": "{}"}
+               "tokens_per_s": "{:,.0f}", "best_step": "{}", "name_items": "{}"}
     columns = list(table.columns)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for _, row in table.iterrows():

@@ -90,3 +90,36 @@ def test_cli_and_errors(two_runs, tmp_path, capsys):
         mc.main(["does_not_exist_*", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--topk"):
         mc.main([two_runs[0], "--topk", "0"])
+
+
+def test_repeated_name_items_hand_checked():
+    import data
+    tok = data.load_tokenizer("bpe2048")
+    assert len(tok.encode(" Sammy").ids) == 2 and len(tok.encode(" Jenna").ids) == 2
+    texts = ["One day, a boy named Sammy went out. Sammy saw Jenna. The dog liked Sammy and Sammyx.",
+             "Jenna was here. Jenna ran.",  # a name only at sentence starts is not counted
+             "Sammy met Sammy."]  # a new story starts afresh: only its own repeat counts
+    ids = []
+    for text in texts:
+        ids += [data.EOT_ID] + tok.encode(text).ids
+    stories, items = mc.repeated_name_items(torch.tensor(ids), tok, 512)
+    sam, my = tok.encode(" Sammy").ids
+    assert len(stories) == 3
+    # story 0: the 2nd and 3rd " Sammy" (not the first, not "Sammyx", not Jenna seen once); story 2: none,
+    # since its first Sammy has no leading space and so is another token
+    assert [story for story, _ in items] == [0, 0]
+    assert all(stories[k][j] == sam and stories[k][j + 1] == my for k, j in items)
+
+
+def test_name_recall_matches_greedy_predictions(two_runs):
+    import inference
+    import data
+    run = two_runs[0]
+    hits = mc.name_recall(run)
+    model, tok, cfg = inference.load_model(run, device="cpu")
+    val = data.get_token_data("valid", cfg.tokenizer, tiny_configs()[1].data_dir)
+    stories, items = mc.repeated_name_items(val.tokens, tok, cfg.max_seq_len)
+    assert len(hits) == len(items)
+    with torch.no_grad():
+        expected = [int(model(torch.tensor([stories[k]]))[0][0, j].argmax()) == stories[k][j + 1] for k, j in items]
+    assert hits.tolist() == expected
