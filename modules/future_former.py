@@ -82,8 +82,9 @@ def validate_config(cfg):
 class FutureReadIn(LoggingModule):
     """Adds a position's own future predictions to its residual stream: x (B, T, dim) and S
     predictions (B, T, dim) -> (B, T, dim). S = 1: sigmoid(gate(x)) * value(pred). S > 1:
-    one-head attention of x over the S predictions (each plus its scale embedding). The
-    output projection starts at zero."""
+    attention of x over its S predictions (each plus a learned scale tag; query and key of
+    width dim/4), then value(mixture): the value map is linear, so it runs once, not S times.
+    The value map starts at zero, so the read-in adds nothing until it has learned to."""
 
     def __init__(self, cfg, num_predictions):
         super().__init__()
@@ -93,25 +94,23 @@ class FutureReadIn(LoggingModule):
             self.gate = nn.Linear(dim, dim, bias=False)
         else:
             self.scale_tags = nn.Parameter(torch.randn(num_predictions, dim) * std)
-            self.query, self.key = nn.Linear(dim, dim, bias=False), nn.Linear(dim, dim, bias=False)
+            key_dim = max(1, dim // 4)
+            self.query, self.key = nn.Linear(dim, key_dim, bias=False), nn.Linear(dim, key_dim, bias=False)
         self.value = nn.Linear(dim, dim, bias=False)
-        self.out = nn.Linear(dim, dim, bias=False)
         for linear in (m for m in self.modules() if isinstance(m, nn.Linear)):
             nn.init.normal_(linear.weight, std=std)
-        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.value.weight)
         self.dropout = nn.Dropout(cfg.dropout)
 
     @log_io
     def forward(self, x, predictions):
         x = self.x_norm(x)
-        preds = self.pred_norm(torch.stack(predictions, dim=2))  # (B, T, S, dim)
         if len(predictions) == 1:
-            read = torch.sigmoid(self.gate(x)) * self.value(preds[:, :, 0])
-        else:
-            preds = preds + self.scale_tags
-            scores = torch.einsum("btd,btsd->bts", self.query(x), self.key(preds)) / math.sqrt(x.shape[-1])
-            read = torch.einsum("bts,btsd->btd", scores.softmax(dim=-1), self.value(preds))
-        return self.dropout(self.out(read))
+            return self.dropout(torch.sigmoid(self.gate(x)) * self.value(self.pred_norm(predictions[0])))
+        preds = self.pred_norm(torch.stack(predictions, dim=2)) + self.scale_tags  # (B, T, S, dim)
+        q = self.query(x)[:, :, None]  # (B, T, 1, key_dim)
+        weights = ((q * self.key(preds)).sum(dim=-1) / math.sqrt(q.shape[-1])).softmax(dim=-1)  # (B, T, S)
+        return self.dropout(self.value((weights[..., None] * preds).sum(dim=2)))
 
 
 class FutureHead(LoggingModule):
@@ -173,35 +172,46 @@ class FutureFormer(GPT):
         ntp = self.next_token_loss(logits, targets)
         loss, terms = ntp, {"ntp": ntp.detach()}
         for name, scale, (start, size), prediction in zip(self.term_names(), self.scales, self.spans, predictions):
-            future = self.future_loss(prediction, future_chunks(targets, start, size))
+            future = self.future_loss(prediction, targets, start, size)
             terms[name] = future.detach()
             if self.cfg.ff_lambda != 0:  # lambda = 0: exactly the next-token loss
                 loss = loss + self.cfg.ff_lambda ** scale * future
         return logits, loss, terms
 
-    def pooled_target(self, chunk):
-        """(B, T, size) ids -> (B, T, dim) pooled embedding of the counted ids (detached: the
-        target must not move toward the prediction), and (B, T) bool: the position has any."""
-        valid = chunk != IGNORE_INDEX
-        emb = self.embed.weight.detach()[chunk.clamp_min(0)] * valid[..., None]  # (B, T, size, dim)
-        count = valid.sum(dim=-1, keepdim=True).clamp_min(1)
-        kind = self.cfg.ff_target
-        if kind == "max":
-            pooled = emb.masked_fill(~valid[..., None], float("-inf")).amax(dim=2)
-            pooled = pooled.masked_fill(~valid.any(dim=-1, keepdim=True), 0.0)
-        elif kind == "norm":
-            pooled = F.normalize(emb, dim=-1).sum(dim=2) / count
+    def pooled_target(self, targets, start, size):
+        """Each position's chunk targets[t+start : t+start+size] pooled over its counted ids'
+        embeddings (detached: the target must not move toward the prediction), (B, T, dim),
+        and (B, T) bool: the chunk holds any. Sums come from a running sum along T, so a chunk
+        costs the same at any size."""
+        valid = targets != IGNORE_INDEX
+        emb = self.embed.weight.detach()[targets.clamp_min(0)] * valid[..., None]  # (B, T, dim)
+        if self.cfg.ff_target == "norm":
+            emb = F.normalize(emb, dim=-1)
+        B, T, dim = emb.shape
+        count = future_chunks(valid.long(), start, size).clamp_min(0).sum(dim=-1)  # (B, T)
+        if self.cfg.ff_target == "max":
+            padded = F.pad(emb.masked_fill(~valid[..., None], float("-inf")), (0, 0, 0, start + size),
+                           value=float("-inf"))
+            pooled = padded[:, start:].unfold(1, size, 1)[:, :T].amax(dim=-1)  # (B, T, dim)
+            pooled = pooled.masked_fill((count == 0)[..., None], 0.0)
         else:
-            pooled = emb.sum(dim=2) / (1 if kind == "sum" else count)
+            running = F.pad(emb.float().cumsum(dim=1), (0, 0, 1, start + size))  # running[i] = sum of emb[:i]
+            running[:, T + 1:] = running[:, T:T + 1]  # past the end nothing more is added
+            ends = torch.arange(T, device=emb.device) + start + size
+            pooled = running[:, ends] - running[:, ends - size]
+            if self.cfg.ff_target != "sum":
+                pooled = pooled / count.clamp_min(1)[..., None]
         if self.target_proj is not None:
             pooled = self.target_proj(pooled)
-        return pooled, valid.any(dim=-1)
+        return pooled, count > 0
 
-    def future_loss(self, prediction, chunk):
-        """Mean loss of one scale over the positions whose chunk holds any counted token."""
+    def future_loss(self, prediction, targets, start, size):
+        """Mean loss of one scale over the positions whose chunk targets[t+start : t+start+size]
+        holds any counted token."""
         prediction = prediction.float()
         kind = self.cfg.ff_loss
         if kind in BAG_LOSSES:
+            chunk = future_chunks(targets, start, size)
             valid = chunk != IGNORE_INDEX
             logits = self.output_logits(prediction).float()  # the shared unembedding
             if kind == "bag_ce":  # softmax multi-label CE: mean over the chunk's counted tokens
@@ -211,7 +221,7 @@ class FutureFormer(GPT):
             per_position = F.binary_cross_entropy_with_logits(logits, multi_hot, reduction="none").mean(dim=-1)
             has_any = valid.any(dim=-1)
         else:
-            target, has_any = self.pooled_target(chunk)
+            target, has_any = self.pooled_target(targets, start, size)
             target = target.float()
             if kind == "cos":
                 per_position = 1 - F.cosine_similarity(prediction, target, dim=-1)

@@ -49,6 +49,30 @@ def test_windows_on_arange():
         assert torch.equal(future_chunks(y, start, size), slow_chunks(y, start, size))
 
 
+@pytest.mark.parametrize("target", ["sum", "mean", "max", "norm", "linear"])
+def test_pooled_target_equals_a_direct_gather(target):
+    model = build_model(ff_cfg(ff_target=target))
+    y = torch.randint(0, 500, (3, 20))
+    y[1, 12:] = -100
+    y[2, 5] = -100
+    for start, size in chunk_spans(model.cfg):
+        pooled, has_any = model.pooled_target(y, start, size)
+        chunk = future_chunks(y, start, size)
+        valid = chunk != -100
+        emb = model.embed.weight.detach()[chunk.clamp_min(0)]
+        if target == "norm":
+            emb = torch.nn.functional.normalize(emb, dim=-1)
+        count = valid.sum(-1, keepdim=True)
+        if target == "max":
+            expected = emb.masked_fill(~valid[..., None], -1e9).amax(dim=2) * (count > 0)
+        else:
+            expected = (emb * valid[..., None]).sum(dim=2) / (1 if target == "sum" else count.clamp_min(1))
+        if target == "linear":
+            expected = model.target_proj(expected)
+        assert torch.equal(has_any, valid.any(-1))
+        torch.testing.assert_close(pooled, expected, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("target,loss", [("mean", "cos"), ("sum", "mse"), ("max", "mae"), ("linear", "cos"),
                                          ("norm", "mse"), ("bag", "bag_ce"), ("bag", "bce")])
 def test_targets_never_change_logits_and_every_output_is_causal(target, loss):
@@ -94,7 +118,7 @@ def test_random_token_leak_detector(monkeypatch):
         model = leaky
         j = list(model.heads).index(head)
         start, size = model.spans[j]
-        return model.pooled_target(future_chunks(model.true_targets, start, size))[0] * 10
+        return model.pooled_target(model.true_targets, start, size)[0] * 10
 
     leaky = TeacherForced(cfg)
     from modules.future_former import FutureHead
