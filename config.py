@@ -95,6 +95,9 @@ class ModelConfig:
     ff_target: str = "mean"            # what a chunk is summarised as: sum | mean | max | linear (learned map of the mean) | norm (mean of unit embeddings) of its tokens' (detached) embeddings, or bag (its set of tokens)
     ff_loss: str = "cos"               # cos | mse | mae against a pooled embedding; bag_ce (softmax CE over the chunk's tokens) | bce (multi-hot, the original) against ff_target='bag'
     ff_lambda: float = 0.5             # weight lambda**c of scale c's loss (nearest c=1); 0 = plain next-token training (the control)
+    # --- encoder-decoder (model_type='encdec'; see modules/encoder_decoder.py) -------------------
+    encoder_layers: int = 2            # bidirectional layers over the source text (num_layers counts the decoder's)
+    encdec_copy: bool = True           # pointer-generator head: the output may copy source tokens (See et al. 2017)
     # --- derived (filled in by __post_init__, not set by hand) ---------------------------------
     vocab_size: int = field(init=False, default=0)      # from the tokenizer file
     mlp_hidden_dim: int = field(init=False, default=0)  # from dim, mlp_hidden_mult, mlp_gated
@@ -225,6 +228,16 @@ PRESETS["ff_1m"] = dict(PRESETS["llama_1m"], model_type="ff", ff_scales=2, ff_mu
                         ff_target="mean", ff_loss="cos", ff_lambda=0.5)
 # its control: the same model and parameters, trained on the next-token loss alone (lambda 0)
 PRESETS["ff_1m_control"] = dict(PRESETS["ff_1m"], ff_lambda=0.0)
+
+# MoMeM's three trained modules (momem/): character-level, trained on its synthetic people data. Batches
+# are padded per batch, so every step has another shape: compile off (torch 2.13's inductor fails on the
+# backward of attention with dynamic shapes, and recompiling per shape would cost more than it saves)
+_MOMEM_TRAIN = dict(tokenizer="char", dim=128, num_q_heads=4, num_kv_heads=4, head_dim=32, batch_size=64, lr=2e-3,
+                    weight_decay=0.01, eval_interval=250, checkpoint_interval=250, compile="off")
+PRESETS["momem_ner"] = dict(_MOMEM_TRAIN, num_layers=4, max_seq_len=96, dataset="momem_ner", max_steps=2500)
+PRESETS["momem_summary"] = dict(_MOMEM_TRAIN, model_type="encdec", num_layers=2, encoder_layers=2, max_seq_len=160,
+                                dataset="momem_summary", batch_size=32, max_steps=2000)
+PRESETS["momem_response"] = dict(PRESETS["momem_summary"], dataset="momem_response")
 
 
 def _fields(cls):

@@ -204,6 +204,9 @@ class TinyStories:
 # TrainConfig.dataset -> "module:Class", imported on use so a dataset's package loads only when chosen
 DATASETS = {
     "tinystories": "data:TinyStories",  # the default: TinyStories from a local folder or the hub
+    "momem_ner": "momem.examples:NERExamples",  # MoMeM question -> person's name (momem/)
+    "momem_summary": "momem.examples:SummaryExamples",  # MoMeM record + question -> the field asked for
+    "momem_response": "momem.examples:ResponseExamples",  # MoMeM name + field + question -> the reply
 }
 
 

@@ -3,6 +3,7 @@
 Adding an architecture: one file in this folder, one line below, one preset in config.py.
 """
 from modules.logging import LoggingModule, log_io, set_tracing, trace  # noqa: F401
+from modules.encoder_decoder import EncoderDecoder
 from modules.fractal_head_attention import FractalHeadGPT
 from modules.future_former import FutureFormer
 from modules.memory_mosaics import MemoryMosaics
@@ -12,6 +13,7 @@ MODEL_REGISTRY = {
     "gpt": GPT,  # Llama / GPT-2 baseline (modules/model.py)
     "fha": FractalHeadGPT,  # Fractal-Head Attention (modules/fractal_head_attention.py)
     "mm": MemoryMosaics,  # Memory Mosaics (modules/memory_mosaics.py)
+    "encdec": EncoderDecoder,  # encoder-decoder with a copy head, MoMeM's summarizer and generator (modules/encoder_decoder.py)
     "ff": FutureFormer,  # FutureFormer: multi-scale future prediction heads (modules/future_former.py)
 }
 

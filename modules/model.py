@@ -23,6 +23,7 @@ from modules.layer import ResidualLayer, make_norm
 from modules.logging import LoggingModule, log_io
 
 IGNORE_INDEX = -100  # a target that takes no loss (PyTorch's default; never the padding id)
+PAD_ID = 1  # every tokenizer in tokenizers/ has <|endoftext|> = 0 and <|pad|> = 1 (encoder inputs are padded with it)
 
 
 def sinusoidal_table(max_len, dim, theta=10000.0):

@@ -1,0 +1,242 @@
+"""The chained MoMeM pipeline and its evaluation.
+
+    question --Module0 NER (GPT)--> name --Module1 memory (SQLite)--> record
+             --Module2 summarizer (encoder-decoder)--> field --Module3 generator--> answer
+
+Every stage decodes greedily with the sandbox's batched, KV-cached `inference.generate` (the
+encoder-decoders run their encoder once per batch through `model_inputs`). A question about
+nobody, or about a person the store does not hold, gets a plain "I don't know" answer, never a
+guess.
+"""
+import os
+from dataclasses import dataclass, field
+
+import inference
+from config import ROOT
+from momem import people
+from momem.examples import data_folder, decoder_prompt, encode_sources, response_source
+from momem.store import MemoryStore
+
+TRAINED = os.path.join(ROOT, "trained")
+MODULES = {"ner": "momem_ner", "summary": "momem_summary", "response": "momem_response"}
+MAX_QUESTION_CHARS = 80  # the NER model's context (96 tokens) holds the question and the name
+MAX_NEW = {"ner": 40, "summary": 40, "response": 100}
+NO_NAME = "I could not find a person's name in that question."
+
+
+def unknown_answer(name):
+    return f"I don't know anyone called {name}."
+
+
+def check_question(question):
+    """A clear ValueError for what the models cannot read."""
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"question={question!r} is invalid: ask about a person, e.g. "
+                         "\"What is Amina Otieno's favourite movie?\"")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise ValueError(f"the question is {len(question)} characters long; at most {MAX_QUESTION_CHARS} fit "
+                         "the NER model's context")
+    if "\n" in question:
+        raise ValueError("the question must be one line (a newline separates question and answer)")
+    return question.strip()
+
+
+def open_store(path=None, folder=None):
+    """The memory store at path (default: memory.sqlite in the data folder), filled with every
+    person of the train, valid, test and ood splits when it is created."""
+    folder = folder or data_folder()
+    path = path or os.path.join(folder, "memory.sqlite")
+    fresh = not os.path.exists(path)
+    store = MemoryStore(path)
+    if fresh:
+        store.add_many([p for split in ("train", "valid", "test", "ood") for p in people.read(folder, "people", split)])
+    return store
+
+
+@dataclass
+class Answer:
+    question: str
+    name: str = ""
+    found: str = ""  # the stored name the lookup returned ('' if none)
+    lookup: str = ""  # exact | fuzzy | '' (not found)
+    summary: str = ""
+    answer: str = ""
+    stages: dict = field(default_factory=dict)
+
+
+class Pipeline:
+    def __init__(self, store=None, run_dir=TRAINED, device="auto", batch_size=256):
+        self.models = {k: inference.load_model(os.path.join(run_dir, v), device)[:2] for k, v in MODULES.items()}
+        self.store = store if store is not None else open_store()
+        self.batch_size = batch_size
+
+    def generate(self, module, questions, sources=None):
+        """Greedy answers of one module for many questions (batched); sources for encoder-decoders."""
+        model, tokenizer = self.models[module]
+        out = []
+        for i in range(0, len(questions), self.batch_size):
+            prompts = [decoder_prompt(q) for q in questions[i:i + self.batch_size]]
+            inputs = {} if sources is None else {"source": encode_sources(tokenizer, sources[i:i + self.batch_size])}
+            out += inference.generate(model, tokenizer, prompts, max_new_tokens=MAX_NEW[module], temperature=0,
+                                      model_inputs=inputs)
+        return out
+
+    def ner(self, questions):
+        return self.generate("ner", questions)
+
+    def summarize(self, questions, contents):
+        return self.generate("summary", questions, contents)
+
+    def respond(self, questions, names, summaries):
+        return self.generate("response", questions, [response_source(n, s) for n, s in zip(names, summaries)])
+
+    def ask_many(self, questions, fuzzy=True):
+        """Run the chain on many questions; returns one Answer per question."""
+        questions = [check_question(q) for q in questions]
+        answers = [Answer(q) for q in questions]
+        for a, name in zip(answers, self.ner(questions)):
+            a.name = name.strip()
+            if a.name == people.NONE or not a.name:
+                a.answer = NO_NAME
+                continue
+            record, how = self.store.find(a.name, fuzzy=fuzzy)
+            if record is None:
+                a.answer = unknown_answer(a.name)
+            else:
+                a.found, a.lookup, a.stages["record"] = record["name"], how, record
+        todo = [a for a in answers if a.found]
+        if todo:
+            summaries = self.summarize([a.question for a in todo], [a.stages["record"]["content"] for a in todo])
+            for a, s in zip(todo, summaries):
+                a.summary = s
+            for a, r in zip(todo, self.respond([a.question for a in todo], [a.found for a in todo], summaries)):
+                a.answer = r
+        return answers
+
+    def ask(self, question, fuzzy=True):
+        return self.ask_many([question], fuzzy)[0]
+
+
+STAGES = ("ner", "store", "summary", "response")
+
+
+def evaluate(pipeline, examples, known=True):
+    """Per-example results on a list of generated examples: each stage with oracle (gold) inputs,
+    the chained answer, and the first stage that broke. known=False: people not in the store,
+    where the right answer is 'unknown'."""
+    questions = [ex["question"] for ex in examples]
+    chained = pipeline.ask_many(questions)
+    rows = []
+    with_person = [i for i, ex in enumerate(examples) if ex["content"]]
+    if known and with_person:
+        picked = [examples[i] for i in with_person]
+        oracle_summary = pipeline.summarize([ex["question"] for ex in picked], [ex["content"] for ex in picked])
+        oracle_response = pipeline.respond([ex["question"] for ex in picked], [ex["name"] for ex in picked],
+                                           [ex["summary"] for ex in picked])
+        oracle = {i: (s, r) for i, s, r in zip(with_person, oracle_summary, oracle_response)}
+    for i, (ex, a) in enumerate(zip(examples, chained)):
+        row = {"category": ex["category"], "question": ex["question"], "gold_name": ex["name"], "name": a.name,
+               "answer": a.answer, "ner_ok": a.name == ex["name"]}
+        if not ex["content"]:  # a question about nobody
+            row.update(chained_ok=a.answer == NO_NAME, failed="ner" if a.answer != NO_NAME else "")
+        elif not known:
+            ok = not a.found and a.answer == unknown_answer(a.name)
+            row.update(chained_ok=ok, failed="" if ok else ("store" if a.found else "ner"))
+        else:
+            summary, response = oracle[i]
+            exact = pipeline.store.get(a.name)
+            row.update(store_exact_ok=exact is not None and exact["name"] == ex["name"], store_ok=a.found == ex["name"],
+                       summary_oracle_ok=summary == ex["summary"], response_oracle_ok=ex["value"] in response,
+                       summary_ok=a.summary == ex["summary"], chained_ok=bool(a.found) and ex["value"] in a.answer
+                       and a.found == ex["name"])
+            row["oracle_ok"] = row["summary_oracle_ok"] and row["response_oracle_ok"] and row["ner_ok"]
+            row["failed"] = next((stage for stage, ok in (("ner", row["ner_ok"] or row["store_ok"]),
+                                                          ("store", row["store_ok"]), ("summary", row["summary_ok"]),
+                                                          ("response", row["chained_ok"])) if not ok), "")
+        rows.append(row)
+    return rows
+
+
+def report(pipeline, splits=("test", "ood", "unknown"), limit=None, folder=None, out_dir=None, seed=0):
+    """Evaluate on the generated splits; returns (per-example DataFrame, summary DataFrame,
+    markdown) and, with out_dir, writes report.md and report.png there."""
+    import pandas as pd
+    folder = folder or data_folder()
+    frames = []
+    for split in splits:
+        examples = people.read(folder, "examples", split)
+        if limit:
+            examples = examples[:limit]
+        frame = pd.DataFrame(evaluate(pipeline, examples, known=split != "unknown"))
+        frame.insert(0, "split", split)
+        frames.append(frame)
+    rows = pd.concat(frames, ignore_index=True)
+    summary = summarize(rows)
+    markdown = to_markdown(rows, summary)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "report.md"), "w") as f:
+            f.write(markdown)
+        plot(summary, os.path.join(out_dir, "report.png"))
+    return rows, summary, markdown
+
+
+METRICS = {"ner_ok": "NER exact match", "store_exact_ok": "store hit (exact)", "store_ok": "store hit (fuzzy)",
+           "summary_oracle_ok": "summary EM (oracle)", "response_oracle_ok": "response fact acc. (oracle)",
+           "oracle_ok": "end-to-end (oracle inputs)", "chained_ok": "end-to-end (chained)"}
+
+
+def summarize(rows):
+    """Mean of every metric per split and category (and 'all')."""
+    import pandas as pd
+    known = rows[rows["category"] != "none"]
+    parts = []
+    for (split, category), group in list(known.groupby(["split", "category"])) + [
+            ((s, "all"), g) for s, g in known.groupby("split")]:
+        entry = {"split": split, "category": category, "n": len(group)}
+        entry.update({label: group[col].mean() for col, label in METRICS.items() if col in group and
+                      group[col].notna().any()})
+        parts.append(entry)
+    return pd.DataFrame(parts).sort_values(["split", "category"]).reset_index(drop=True)
+
+
+def to_markdown(rows, summary):
+    lines = ["# MoMeM evaluation", "", "Greedy decoding; every rate is over the questions of its split and "
+             "category. `unknown` asks about people not in the memory store (right answer: unknown).", ""]
+    columns = list(summary.columns)
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for _, r in summary.iterrows():
+        lines.append("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in columns) + " |")
+    none = rows[rows["category"] == "none"]
+    if len(none):
+        lines += ["", f"Questions about nobody: {none['chained_ok'].mean():.3f} answered that no name was found "
+                  f"({len(none)} questions)."]
+    failures = rows[(rows["category"] != "none") & ~rows["chained_ok"].astype(bool)]
+    lines += ["", "Chained failures by the first stage that broke:", "",
+              "| split | " + " | ".join(STAGES) + " |", "|---|" + "---|" * len(STAGES)]
+    for split, group in failures.groupby("split"):
+        counts = group["failed"].value_counts()
+        lines.append(f"| {split} | " + " | ".join(str(int(counts.get(s, 0))) for s in STAGES) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary, path=None):
+    """Bars: each metric on the whole of each split."""
+    import matplotlib.pyplot as plt
+    overall = summary[summary["category"] == "all"].set_index("split")
+    metrics = [m for m in METRICS.values() if m in overall]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / max(1, len(overall))
+    for k, (split, row) in enumerate(overall.iterrows()):
+        ax.bar([i + k * width for i in range(len(metrics))], [row[m] for m in metrics], width, label=split)
+    ax.set_xticks([i + width * (len(overall) - 1) / 2 for i in range(len(metrics))])
+    ax.set_xticklabels(metrics, rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("rate")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("MoMeM: every stage, and the chain")
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=110)
+    return fig

@@ -1,0 +1,216 @@
+import math
+import os
+
+import pytest
+import torch
+
+import config
+import data
+import train
+from conftest import assert_cache_matches_full, random_token_heldout_loss
+from modules import build_model
+from momem import people
+from momem.examples import NERExamples, ResponseExamples, SummaryExamples, encode_sources
+from momem.store import MemoryStore
+
+SMALL = {"train": 40, "valid": 5, "test": 6, "ood": 6, "unknown": 4}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return people.write(str(tmp_path_factory.mktemp("momem")), seed=3, sizes=SMALL)
+
+
+def test_generator_is_seeded_and_splits_are_disjoint():
+    a, b = people.generate(seed=5, sizes=SMALL), people.generate(seed=5, sizes=SMALL)
+    assert a == b and a != people.generate(seed=6, sizes=SMALL)
+    names = [p["name"] for split in a.values() for p in split[0]]
+    assert len(names) == len(set(names))  # nobody appears in two splits
+    pools = people._pools(5)
+    for category in people.CATEGORIES:  # ood values come from pools never used in training
+        train_values = {p[category] for p in a["train"][0]}
+        assert train_values <= set(pools[category][0])
+        assert not {p[category] for p in a["ood"][0]} & set(pools[category][0])
+    for split, (persons, examples) in a.items():
+        for p in persons:
+            assert all(p[c] and ";" not in p[c] and len(p[c]) <= 22 for c in people.CATEGORIES)
+            assert 60 <= len(people.content(p)) <= 150
+        for ex in examples:
+            if ex["content"]:
+                assert ex["value"] in ex["response"] and ex["summary"] in ex["content"] and ex["name"] in ex["question"]
+            else:
+                assert ex["name"] == people.NONE
+
+
+def test_store_crud_fuzzy_and_injection():
+    store = MemoryStore()
+    person = people.make_person(__import__("random").Random(0), people._pools(0))
+    store.add(person)
+    assert store.find(person["name"])[1] == "exact" and store.find(person["name"].upper())[1] == "exact"
+    near = person["name"][:-1]  # one character dropped, as a slightly wrong NER output
+    record, how = store.find(near)
+    assert how == "fuzzy" and record["name"] == person["name"]
+    assert store.find(near, fuzzy=False) == (None, None)
+    assert store.find("Nobody Atall") == (None, None)
+    hostile = "x' OR '1'='1'; DROP TABLE people; --"
+    assert store.find(hostile) == (None, None) and len(store) == 1
+    store.update(person["name"], movie="The Quiet River")
+    assert store.get(person["name"])["movie"] == "The Quiet River"
+    with pytest.raises(ValueError, match="already in the store"):
+        store.add(person)
+    with pytest.raises(ValueError, match="contain ';'"):
+        store.update(person["name"], city="Paris; Lyon")
+    with pytest.raises(ValueError, match="lacks"):
+        store.add({**person, "name": "New Person", "job": ""})
+    store.delete(person["name"])
+    assert store.get(person["name"]) is None and len(store) == 0
+    with pytest.raises(KeyError, match="unknown person"):
+        store.delete(person["name"])
+
+
+def encdec_cfg(**kw):
+    base = dict(model_type="encdec", tokenizer="char", dim=32, num_layers=2, encoder_layers=2, num_q_heads=2,
+                num_kv_heads=1, head_dim=16, max_seq_len=48)
+    return config.ModelConfig(**{**base, **kw})
+
+
+class WithSource(torch.nn.Module):
+    """An encoder-decoder seen as a plain language model over a fixed random source."""
+
+    def __init__(self, model, batch):
+        super().__init__()
+        self.model, self.cfg = model, model.cfg
+        self.source = torch.randint(2, model.cfg.vocab_size, (batch, 11))
+        self.source[0, 8:] = data.PAD_ID
+
+    def forward(self, tokens, targets=None, cache=None):
+        return self.model(tokens, targets, cache, source=self.source[:len(tokens)])
+
+    def new_cache(self, batch_size, pad=None):
+        return self.model.new_cache(batch_size, pad, source=self.source[:batch_size])
+
+
+@pytest.mark.parametrize("copy", [True, False])
+def test_encoder_decoder_causal_cache_and_padding(copy):
+    from conftest import assert_causal
+    model = build_model(encdec_cfg(encdec_copy=copy)).eval()
+    wrapped = WithSource(model, 2)
+    assert_causal(wrapped, 300, length=30)
+    assert_cache_matches_full(wrapped, 300, length=16)
+    x = torch.randint(2, 300, (2, 12))
+    logits = wrapped(x)[0]
+    if copy:  # the copy head returns log-probabilities of the mixed distribution
+        assert torch.allclose(logits.exp().sum(-1), torch.ones(2, 12), atol=1e-5)
+    # padding never leaks: more padding, or other ids hidden behind the mask, change nothing
+    longer = torch.cat([wrapped.source[:2], torch.full((2, 6), data.PAD_ID)], dim=1)
+    torch.testing.assert_close(model(x, source=longer)[0], logits, atol=1e-5, rtol=0)
+    # the encoder reads the source: another source changes the answer
+    assert not torch.allclose(model(x, source=torch.randint(2, 300, (2, 11)))[0], logits)
+
+
+def test_encoder_decoder_leak_detector():
+    model = WithSource(build_model(encdec_cfg(max_seq_len=32)), 64)
+    held_out = random_token_heldout_loss(model, 343)
+    assert held_out >= math.log(343) - 0.05, held_out
+
+
+def marker_task(batch, generator):
+    """Source: random ids with a marker (2) somewhere; the answer is the id right after it."""
+    source = torch.randint(10, 300, (batch, 8), generator=generator)
+    where = torch.randint(0, 7, (batch,), generator=generator)
+    source[torch.arange(batch), where] = 2
+    return source, source[torch.arange(batch), where + 1][:, None]
+
+
+@pytest.mark.parametrize("copy", [True, False])
+def test_encoder_decoder_learns_to_copy_from_the_source(copy):
+    torch.manual_seed(0)
+    model = build_model(encdec_cfg(encdec_copy=copy))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        source, answer = marker_task(32, g)
+        loss = model(torch.zeros(32, 1, dtype=torch.long), answer, source=source)[1]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    source, answer = marker_task(256, torch.Generator().manual_seed(1))
+    predicted = model(torch.zeros(256, 1, dtype=torch.long), source=source)[0][:, 0].argmax(-1)
+    accuracy = (predicted == answer[:, 0]).float().mean().item()
+    print(f"copy={copy}: accuracy {accuracy:.3f}")
+    if copy:
+        assert accuracy > 0.9
+
+
+def test_datasets_count_only_the_answer(folder):
+    model_cfg, train_cfg = config.get_preset("momem_summary", data_dir=folder, device="cpu")
+    task = SummaryExamples(model_cfg, train_cfg)
+    batch = task.collate(task.valid[:3])
+    tok = data.load_tokenizer("char")
+    examples = [ex for ex in people.read(folder, "examples", "valid") if ex["content"]][:3]
+    for row, ex in enumerate(examples):
+        counted = batch["targets"][row][batch["targets"][row] != data.IGNORE_INDEX].tolist()
+        assert counted == tok.encode(ex["summary"]).ids + [data.EOT_ID]  # the answer span and its end
+        assert tok.decode([i for i in batch["source"][row].tolist() if i != data.PAD_ID]) == ex["content"]
+        n = len(task.valid[row]["tokens"])
+        assert (batch["tokens"][row, n:] == data.PAD_ID).all()
+    assert task.batch_tokens(batch) == sum(len(ex["summary"]) + 1 for ex in examples)
+    ner = NERExamples(*config.get_preset("momem_ner", data_dir=folder))
+    assert "source" not in ner.collate(ner.valid[:2]) and len(ner.valid) == len(people.read(folder, "examples", "valid"))
+    with pytest.raises(ValueError, match="max_seq_len=20"):
+        ResponseExamples(*config.get_preset("momem_response", data_dir=folder, max_seq_len=20))
+
+
+@pytest.fixture(scope="module")
+def tiny_modules(folder, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("trained"))
+    for name in ("momem_ner", "momem_summary", "momem_response"):
+        model_cfg, train_cfg = config.get_preset(name, data_dir=folder, out_dir=out, dim=32, num_layers=1,
+                                                 encoder_layers=1, num_q_heads=2, num_kv_heads=2, head_dim=16,
+                                                 max_steps=6, eval_interval=3, checkpoint_interval=3, batch_size=8,
+                                                 device="cpu", autocast="off")
+        train.train(model_cfg, train_cfg, progress=False)
+    return out
+
+
+def test_pipeline_end_to_end(folder, tiny_modules, tmp_path, monkeypatch):
+    from momem import pipeline as mp
+    store = mp.open_store(str(tmp_path / "memory.sqlite"), folder)
+    assert len(store) == SMALL["train"] + SMALL["valid"] + SMALL["test"] + SMALL["ood"]
+    pipe = mp.Pipeline(store=store, run_dir=tiny_modules, device="cpu")
+    answer = pipe.ask("What is Zoë Ōtieno's favourite movie?")  # non-ASCII reads fine (byte fallback)
+    assert isinstance(answer.answer, str) and answer.answer
+    for bad, match in (("", "ask about a person"), ("x" * 500, "at most"), ("a\nb", "one line"), (None, "invalid")):
+        with pytest.raises(ValueError, match=match):
+            pipe.ask(bad)
+    # with a perfect NER the chain reaches the store; a stranger is "unknown", a question about nobody says so
+    test_people = people.read(folder, "people", "test")
+    stranger = people.read(folder, "people", "unknown")[0]["name"]
+    names = iter([test_people[0]["name"], stranger, people.NONE])
+    monkeypatch.setattr(pipe, "ner", lambda questions: [next(names) for _ in questions])
+    known, unknown, nobody = pipe.ask_many(["Q1?", "Q2?", "Q3?"])
+    assert known.found == test_people[0]["name"] and known.lookup == "exact" and known.summary is not None
+    assert unknown.answer == mp.unknown_answer(stranger) and not unknown.found
+    assert nobody.answer == mp.NO_NAME
+    monkeypatch.undo()
+    rows, summary, markdown = mp.report(pipe, ("test", "ood", "unknown"), limit=8, folder=folder,
+                                        out_dir=str(tmp_path / "report"))
+    assert set(rows["split"]) == {"test", "ood", "unknown"} and rows["chained_ok"].isin([True, False]).all()
+    assert {"NER exact match", "end-to-end (chained)", "store hit (fuzzy)"} <= set(summary.columns)
+    assert os.path.isfile(tmp_path / "report" / "report.png") and "first stage that broke" in markdown
+    failed = rows[~rows["chained_ok"].astype(bool)]
+    assert failed["failed"].isin(mp.STAGES).all()  # every failure is attributed to a stage
+
+
+def test_cli_errors(capsys):
+    from momem.__main__ import main
+    with pytest.raises(SystemExit, match="error: question=''"):
+        main(["ask", ""])
+    with pytest.raises(SystemExit, match="--splits"):
+        main(["eval", "--splits", "nope"])
+
+
+def test_encode_sources_right_pads():
+    tok = data.load_tokenizer("char")
+    src = encode_sources(tok, ["ab", "abcd"])
+    assert src.shape == (2, 4) and (src[0, 2:] == data.PAD_ID).all() and (src[1] != data.PAD_ID).all()
