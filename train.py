@@ -158,11 +158,12 @@ class _StopRequest:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, command=None):
+def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, command=None, on_eval=None):
     """Train model_cfg under train_cfg; returns the run folder. With resume=True, weights,
     optimizer, step, RNG states and data position come from the folder's checkpoint.pt
     (use `resume_run`, which also reads the folder's configs). `command` is recorded in the
-    run's README.md."""
+    run's README.md. on_eval(row) is called with every log row (a sweep's pruner may raise to
+    stop the run there)."""
     out = tools.run_dir(train_cfg)
     ckpt_path = os.path.join(out, "checkpoint.pt")
     log_path = os.path.join(out, "log_data.csv")
@@ -264,6 +265,8 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
                        **{f"train_{k}": v / state["loss_count"] for k, v in state["terms_sum"].items()},
                        **{f"val_{k}": v for k, v in val_terms.items()}}
                 _append_log(log_path, row)
+                if on_eval is not None:
+                    on_eval(row)
                 bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{val_loss:.3f}",
                                 bpc=f"{row['val_bpc']:.3f}", lr=f"{lr:.1e}", tok_s=f"{tok_s:,.0f}")
                 state["loss_sum"], state["loss_count"], state["terms_sum"] = 0.0, 0, {}

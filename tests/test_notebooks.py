@@ -54,3 +54,13 @@ def test_testing_modules_notebook():
     for model_type in registered_types():
         assert f"######## {model_type}" in text
     assert "> Attention.attend" in text and "(1, 3, 16)" in text
+
+
+MOMEM = [os.path.join(ROOT, "trained", name, "model.safetensors") for name in ("momem_ner", "momem_summary", "momem_response")]
+
+
+@pytest.mark.skipif(not all(map(os.path.isfile, MOMEM)), reason="the MoMeM modules are not trained (python -m momem train all)")
+def test_momem_notebook():
+    book = run_notebook("momem", "LIMIT = 12")
+    text = outputs_text(book)
+    assert "people in memory" in text and "I don't know anyone called" in text and "end-to-end (chained)" in text
