@@ -7,8 +7,8 @@ Every field has a comment: meaning, allowed values, typical choice. Fields compu
 others (head_dim when left at 0, vocab_size, mlp_hidden_dim, warmup_steps, ...) are filled in
 by `__post_init__`, so they always follow the values you pass. Any invalid value raises a
 ValueError naming the field, the value and what is allowed. Standard library only, except
-that ModelConfig validation imports the model registry (lazily) for the list of model types and
-each architecture's own checks.
+that validation imports the model registry (lazily) for the list of model types and each
+architecture's own checks, and data.DATASETS for the list of datasets.
 """
 import argparse
 import dataclasses

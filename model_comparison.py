@@ -139,11 +139,14 @@ def repeated_name_items(tokens, tokenizer, max_len):
 @torch.no_grad()
 def name_recall(run, data_dir="", batch_size=16, device="auto"):
     """Accuracy (greedy, teacher forcing) on the second piece of repeated two-token names in the
-    run's validation text (see repeated_name_items): (N,) bool hits, one per item."""
+    run's validation text (see repeated_name_items): (N,) bool hits, one per item (none when the
+    run's dataset has no story text)."""
     model, tokenizer, cfg = inference.load_model(run, device)
     train_cfg = config.load_json(config.TrainConfig, os.path.join(run, "train_config.json"))
-    tokens = data.get_token_data("valid", cfg.tokenizer, data_dir or train_cfg.data_dir).tokens
-    stories, items = repeated_name_items(tokens, tokenizer, cfg.max_seq_len)
+    dataset = data.get_dataset(cfg, dataclasses.replace(train_cfg, data_dir=data_dir or train_cfg.data_dir))
+    if not hasattr(dataset, "valid_data"):  # a dataset without story text (MoMeM's questions): no probe
+        return torch.zeros(0, dtype=torch.bool)
+    stories, items = repeated_name_items(dataset.valid_data.tokens, tokenizer, cfg.max_seq_len)
     dev = next(model.parameters()).device
     wanted = sorted({story for story, _ in items})
     hits = {}

@@ -229,8 +229,9 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
             step_loss = 0.0
             for _ in range(train_cfg.grad_accum_steps):
                 batch = dataset.train_batch(train_cfg.batch_size, batch_rng)
-                state["tokens"] += dataset.batch_tokens(batch)
-                interval_tokens += dataset.batch_tokens(batch)
+                counted = dataset.batch_tokens(batch)
+                state["tokens"] += counted
+                interval_tokens += counted
                 with tools.autocast(device, use_autocast):
                     _, loss, terms = step_model(**tools.to_device(batch, device))
                 (loss / train_cfg.grad_accum_steps).backward()
@@ -300,7 +301,7 @@ context {model_cfg.max_seq_len}. Made with:
 | | |
 |---|---|
 | data | `{train_cfg.dataset}` from {data_source} |
-| tokens seen | {int(last['tokens']):,} ({int(last['step'])} steps of {train_cfg.batch_size * train_cfg.grad_accum_steps} x {model_cfg.max_seq_len}) |
+| tokens seen | {int(last['tokens']):,} ({int(last['step'])} steps of batch {train_cfg.batch_size * train_cfg.grad_accum_steps}, context {model_cfg.max_seq_len}) |
 | wall-clock | {last['elapsed_s'] / 60:.1f} min (median {log['tokens_per_s'].median():,.0f} tokens/s) |
 | final validation loss | {last['val_loss']:.4f} nats/token (± {last['val_loss_se']:.4f} s.e. over windows), {last['val_bpc']:.4f} bits/char |
 | best validation loss | {best['val_loss']:.4f} at step {int(best['step'])} ({best['val_bpc']:.4f} bits/char) |

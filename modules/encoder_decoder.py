@@ -134,6 +134,13 @@ class EncoderDecoder(GPT):
             x = layer(x, positions, key_mask)
         return self.encoder_norm(x), key_mask
 
+    def example_inputs(self, batch_size):
+        """A random source of up to 8 tokens per row, the last one padding in row 0."""
+        length = min(8, self.cfg.max_seq_len)
+        source = torch.randint(2, self.cfg.vocab_size, (batch_size, length), device=self.embed.weight.device)
+        source[0, -1] = PAD_ID
+        return {"source": source}
+
     def new_cache(self, batch_size, pad=None, source=None, **inputs):
         if source is None:
             raise ValueError("an encoder-decoder model needs source=(B, S) ids to decode from")

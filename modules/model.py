@@ -11,6 +11,8 @@ Contract kept by every architecture (see README, "Adding an architecture"):
   cache = model.new_cache(batch_size, pad, **inputs)   incremental decoding (it may run an
       encoder once on `inputs`); logits equal the full pass
   model.no_weight_decay()                    names of parameters that take no weight decay
+  model.example_inputs(batch_size)           extra keyword inputs a forward needs, made up (for
+      shape traces and generic tests); {} for a language model
 """
 import math
 
@@ -67,6 +69,10 @@ class GPT(LoggingModule):
     def no_weight_decay(self):
         """Names of parameters without weight decay (besides all vectors, which never take it)."""
         return {"pos_embed.weight"} if self.cfg.pos_encoding == "learned" else set()
+
+    def example_inputs(self, batch_size):
+        """Made-up extra forward inputs for batch_size rows: none for a language model."""
+        return {}
 
     def new_cache(self, batch_size, pad=None, **inputs):
         """An empty KV cache for batch_size rows; pad (B,) = left-padding slots per row."""

@@ -19,7 +19,7 @@ from momem.store import MemoryStore
 
 TRAINED = os.path.join(ROOT, "trained")
 MODULES = {"ner": "momem_ner", "summary": "momem_summary", "response": "momem_response"}
-MAX_QUESTION_CHARS = 80  # the NER model's context (96 tokens) holds the question and the name
+MAX_QUESTION_CHARS = 64  # the NER context (96 tokens) must hold the question and a name of up to 30 characters
 MAX_NEW = {"ner": 40, "summary": 40, "response": 100}
 NO_NAME = "I could not find a person's name in that question."
 

@@ -130,14 +130,16 @@ def test_every_architecture_generates_batched_with_cache_equal_to_recomputation(
     model = build_model(cfg).eval()
     tok = data.load_tokenizer(cfg.tokenizer)
     prompts = ["Once upon", "A", "The dog ran to"]
-    kwargs = dict(max_new_tokens=6, temperature=1.0, seed=5, stop_at_eot=False, return_ids=True)
+    inputs = model.example_inputs(len(prompts))  # an encoder's source, say; {} for language models
+    kwargs = dict(max_new_tokens=6, temperature=1.0, seed=5, stop_at_eot=False, return_ids=True, model_inputs=inputs)
     cached = inference.generate(model, tok, prompts, **kwargs)
     assert torch.equal(cached, inference.generate(model, tok, prompts, use_cache=False, **kwargs))
     # greedy: each row equals generating it alone (left padding changes nothing)
     greedy = {**kwargs, "temperature": 0}
     batch = inference.generate(model, tok, prompts, **greedy)
     for row, prompt in enumerate(prompts):
-        assert torch.equal(inference.generate(model, tok, [prompt], **greedy)[0], batch[row])
+        alone = {**greedy, "model_inputs": {k: v[row:row + 1] for k, v in inputs.items()}}
+        assert torch.equal(inference.generate(model, tok, [prompt], **alone)[0], batch[row])
 
 
 def test_cli_errors_and_streaming(tmp_path, capsys):

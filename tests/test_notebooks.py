@@ -64,3 +64,12 @@ def test_momem_notebook():
     book = run_notebook("momem", "LIMIT = 12")
     text = outputs_text(book)
     assert "people in memory" in text and "I don't know anyone called" in text and "end-to-end (chained)" in text
+
+
+def test_hyperparameter_search_notebook(tmp_path, monkeypatch):
+    book = run_notebook("hyperparameter_search",
+                        f'import hparam_search\nhparam_search.SWEEPS = {str(tmp_path)!r}\nSTUDY = "nb"\nPRESET = "tiny"\n'
+                        f'SPACE = ["lr=log:1e-3:1e-2"]\nTRIALS = 2\nTOKENS = 4 * 64 * 4\n'
+                        f'FIXED = dict(data_dir={FIXTURE_DATA!r}, device="cpu", compile="off", autocast="off", '
+                        'batch_size=4, eval_interval=2, checkpoint_interval=2, eval_tokens=1024)')
+    assert "MiB to train" in outputs_text(book) and os.path.isfile(tmp_path / "nb" / "summary.md")

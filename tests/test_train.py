@@ -24,7 +24,7 @@ def test_short_run_lowers_loss_and_writes_run_folder(tmp_path):
     assert sorted(os.listdir(run)) == ["README.md", "checkpoint.pt", "log_data.csv", "model.safetensors",
                                        "model_config.json", "train_config.json"]
     readme = open(os.path.join(run, "README.md")).read()
-    assert f"{float(rows_last_bpc(run)):.4f} bits/char" in readme and "30,720 (60 steps of 8 x 64)" in readme
+    assert f"{float(rows_last_bpc(run)):.4f} bits/char" in readme and "30,720 (60 steps of batch 8, context 64)" in readme
     rows = read_log(run)
     assert [int(r["step"]) for r in rows] == [20, 40, 60]
     assert list(rows[0]) == train.LOG_COLUMNS
