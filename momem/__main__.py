@@ -25,6 +25,7 @@ def main(argv=None):
     p.add_argument("--no_progress", action="store_true")
     p = commands.add_parser("ask", help="ask the chained pipeline a question")
     p.add_argument("question")
+    p.add_argument("--exact", action="store_true", help="exact name lookup only (no fuzzy near-miss match)")
     p = commands.add_parser("add", help="add (or with --update, change) a person in the memory store")
     p.add_argument("name", help='"First Last"')
     for category in people.CATEGORIES:
@@ -54,7 +55,7 @@ def main(argv=None):
                             command="python -m momem " + " ".join(sys.argv[1:] if argv is None else argv))
         elif args.command == "ask":
             question = check_question(args.question)  # before the models load
-            a = Pipeline().ask(question)
+            a = Pipeline().ask(question, fuzzy=not args.exact)
             print(f"NER: {a.name!r} -> memory: {a.found or 'not found'} ({a.lookup or '-'}) -> summary: "
                   f"{a.summary!r}\n{a.answer}")
         elif args.command == "add":
