@@ -11,7 +11,7 @@ import hparam_search as hs
 from conftest import FIXTURE_DATA, ROOT
 
 MEASURE = """
-import json, resource, sys
+import json, sys
 sys.path.insert(0, {root!r})
 import torch
 torch.set_num_threads(1)
@@ -20,14 +20,18 @@ from modules import build_model
 from train import make_optimizer
 model_cfg, train_cfg = config.get_preset({preset!r}, **json.loads({overrides!r}))
 x = torch.randint(model_cfg.vocab_size, (train_cfg.batch_size, model_cfg.max_seq_len))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def peak_rss():  # VmHWM: this process's peak resident memory (ru_maxrss would include the parent's, kept over exec)
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) * 1024
+
+before = peak_rss()
 model = build_model(model_cfg)
 opt = make_optimizer(model, train_cfg, torch.device("cpu"))
 for _ in range(2):
     model(x, x)[1].backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+print(peak_rss() - before)
 """
 
 
