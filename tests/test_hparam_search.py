@@ -121,3 +121,11 @@ def test_cli_errors():
         hs.main(["--study", "x"])
     with pytest.raises(SystemExit, match="--trials=0"):
         hs.main(["--study", "x", "--trials", "0", "--space", "lr=log:1e-3:1e-2"])
+
+
+def test_two_workers_share_one_study(sweeps):
+    study = hs.search("pair", "tiny", ["lr=log:1e-3:1e-2"], trials=2, tokens=4 * 64 * 2, fixed=TINY, workers=2,
+                      progress=False)
+    assert os.path.isfile(sweeps / "pair" / "study.journal")  # several processes: Optuna's journal storage
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2 and len({t.user_attrs["run"] for t in done}) == 2
