@@ -1,6 +1,6 @@
 """Hyperparameter search on Optuna that skips what will not fit, resumable, in parallel.
 
-    python hparam_search.py --study lr_width --preset llama_1m --trials 8 --tokens 1e6 \\
+    python hparam_search.py --study lr_width --preset llama_1m --trials 8 --tokens 3e6 \\
         --space lr=log:1e-3:3e-2 --space dim=choice:64,96,128 --set compile=off
     python hparam_search.py --study lr_width ... --trials 12      # the same command again: continues
     python hparam_search.py --study lr_width ... --workers 2      # two processes share the study
