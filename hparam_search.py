@@ -304,7 +304,7 @@ def write_summary(study_obj, folder):
             ax.figure.savefig(os.path.join(folder, "history.png"), dpi=110)
             axes = optuna.visualization.matplotlib.plot_slice(study_obj)
             figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
-            figure.tight_layout()
+            figure.set_size_inches(4 * len(study_obj.best_params) + 2, 4.5)
             figure.savefig(os.path.join(folder, "params.png"), dpi=110)
         plt.close("all")
     return table
