@@ -9,9 +9,13 @@ Sources, in order: TrainConfig.data_dir, the environment variable MMS_DATA_DIR (
 train.txt / valid.txt in the official TinyStories txt layout: stories separated by a line
 holding <|endoftext|>), else `datasets.load_dataset("roneneldan/TinyStories")`.
 
-Each split is tokenized once, batched, into data_cache/<split>-<tokenizer>-<key>.npy, where
-the key hashes the text source and the tokenizer file, so a change to either rebuilds it.
-Stories are packed back to back, each preceded by the <|endoftext|> id.
+Each split is tokenized once, streamed: the text is read in chunks, encoded a batch of stories
+at a time (the hub's by `datasets.map(batched=True, num_proc=...)`, then written shard by shard,
+as nanoGPT's prepare.py does) and appended to data_cache/<split>-<tokenizer>-<key>.bin: raw
+uint16 token ids, read back as a read-only np.memmap. Memory stays bounded by one chunk whatever
+the corpus size, and training widens only each batch to int64. The key hashes the text source
+and the tokenizer file, so a change to either rebuilds it. Stories are packed back to back,
+each preceded by the <|endoftext|> id.
 """
 import functools
 import hashlib
@@ -23,6 +27,7 @@ import os
 import numpy as np
 import torch
 from tokenizers import Tokenizer
+from tqdm.auto import tqdm
 
 from config import ROOT, TOKENIZER_DIR
 from metrics import IGNORE_INDEX  # noqa: F401  (targets that take no loss)
@@ -30,6 +35,8 @@ from metrics import IGNORE_INDEX  # noqa: F401  (targets that take no loss)
 EOT_ID, PAD_ID = 0, 1  # the same in every tokenizer built by tokenizers/build.py
 SEPARATOR = "<|endoftext|>"
 HUB_DATASET = "roneneldan/TinyStories"
+CHUNK_CHARS = 1 << 24      # characters of a local split read at a time while preparing it
+STORIES_PER_BATCH = 4096   # stories per encode_batch call (the Rust tokenizer uses every core)
 SPLIT_FILES = {"train": "train.txt", "valid": "valid.txt"}
 CACHE_DIR = os.environ.get("MMS_CACHE_DIR", os.path.join(ROOT, "data_cache"))
 
@@ -60,8 +67,24 @@ def resolve_data_dir(data_dir=""):
 
 
 def read_local_stories(path):
+    """Every story of a local split, in memory (for small splits; preparation streams instead)."""
+    return list(iter_local_stories(path))
+
+
+def iter_local_stories(path, chunk_chars=None, progress=None):
+    """The stripped, non-empty stories of a TinyStories txt file, read chunk_chars at a time;
+    `progress` (a tqdm bar counting bytes), when given, is advanced as the file is read."""
+    carry = ""
     with open(path, encoding="utf-8") as f:
-        return [s.strip() for s in f.read().split(SEPARATOR) if s.strip()]
+        while True:
+            chunk = f.read(chunk_chars or CHUNK_CHARS)
+            if progress is not None:
+                progress.update(len(chunk.encode("utf-8")))
+            parts = (carry + chunk).split(SEPARATOR)
+            carry = parts.pop() if chunk else ""  # the tail may be a story (or a separator) cut in two
+            yield from (p.strip() for p in parts if p.strip())
+            if not chunk:
+                return
 
 
 def load_hub_split(split):
@@ -77,8 +100,9 @@ def load_hub_split(split):
 
 
 class TokenData:
-    """One tokenized split: `tokens` (N,) int64 tensor of packed stories, and `num_chars`, the
-    characters of its text (each separator counted as one), for bits-per-character."""
+    """One tokenized split: `tokens`, a 1-D array of packed stories (a read-only np.memmap of
+    uint16 when it comes from the cache; a tensor works too), and `num_chars`, the characters
+    of its text (each separator counted as one), for bits-per-character."""
 
     def __init__(self, tokens, num_chars):
         self.tokens, self.num_chars = tokens, num_chars
@@ -96,40 +120,88 @@ def _atomic_write(path, write):
     os.replace(tmp, path)
 
 
+def _hash_file(key, path, block=1 << 24):
+    with open(path, "rb") as f:
+        while data := f.read(block):
+            key.update(data)
+
+
+def _token_dtype(tokenizer):
+    return np.uint16 if tokenizer.get_vocab_size() <= 65536 else np.int32
+
+
+def _write_local(out, path, tokenizer, chunk_chars=None):
+    """Stream a local split into the open binary file `out`; returns (tokens, stories, chars)."""
+    dtype, counts = _token_dtype(tokenizer), [0, 0, 0]
+    with tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, delay=2, leave=False,
+              desc=f"tokenizing {os.path.basename(path)}") as bar:
+        stories = iter_local_stories(path, chunk_chars, bar)
+        while batch := [story for _, story in zip(range(STORIES_PER_BATCH), stories)]:
+            ids = [[EOT_ID] + enc.ids for enc in tokenizer.encode_batch(batch)]
+            array = np.fromiter((t for piece in ids for t in piece), dtype=dtype, count=sum(map(len, ids)))
+            array.tofile(out)
+            counts[0] += len(array)
+            counts[1] += len(batch)
+            counts[2] += sum(map(len, batch)) + len(batch)
+    return tuple(counts)
+
+
+def _write_hub(out, dataset, tokenizer, num_proc=None):
+    """Tokenize a `datasets.Dataset` with a batched (multi-process on a large split) map, whose
+    results datasets keeps on disk, then write them into the open binary file `out` shard by
+    shard; returns (tokens, stories, chars)."""
+    def encode(batch):
+        texts = [(t or "").strip() for t in batch["text"]]
+        ids = [[EOT_ID] + e.ids if t else [] for t, e in zip(texts, tokenizer.encode_batch(texts))]
+        return {"ids": ids, "length": [len(i) for i in ids], "chars": [len(t) + 1 if t else 0 for t in texts]}
+    if num_proc is None:
+        num_proc = max(1, min(os.cpu_count() or 1, len(dataset) // 100_000))
+    encoded = dataset.map(encode, batched=True, batch_size=STORIES_PER_BATCH, remove_columns=dataset.column_names,
+                          num_proc=num_proc if num_proc > 1 else None, desc="tokenizing")
+    dtype, shards = _token_dtype(tokenizer), max(1, len(encoded) // STORIES_PER_BATCH)
+    for i in tqdm(range(shards), desc="writing tokens", delay=2, leave=False):
+        shard = encoded.shard(shards, i, contiguous=True).with_format("numpy")
+        np.concatenate([np.zeros(0, dtype), *shard["ids"]]).astype(dtype).tofile(out)
+    lengths, chars = np.asarray(encoded["length"]), np.asarray(encoded["chars"])
+    return int(lengths.sum()), int((lengths > 0).sum()), int(chars.sum())
+
+
 def get_token_data(split, tokenizer_name, data_dir=""):
-    """Tokenized `split` ('train' or 'valid'), from the cache when the source and tokenizer match."""
+    """Tokenized `split` ('train' or 'valid'), prepared once (streamed) and memory-mapped from the
+    cache afterwards; the cache is reused while the source text and the tokenizer are unchanged."""
     if split not in SPLIT_FILES:
         raise ValueError(f"split={split!r} is invalid: must be one of {list(SPLIT_FILES)}")
     data_dir = resolve_data_dir(data_dir)
-    with open(os.path.join(TOKENIZER_DIR, f"{tokenizer_name}.json"), "rb") as f:
-        key = hashlib.sha1(f.read())
-    if data_dir:
-        with open(os.path.join(data_dir, SPLIT_FILES[split]), "rb") as f:
-            key.update(f.read())
-    else:
-        dataset = load_hub_split(split)
-        key.update(f"{HUB_DATASET}:{dataset._fingerprint}".encode())
-    stem = os.path.join(CACHE_DIR, f"{split}-{tokenizer_name}-{key.hexdigest()[:16]}")
-    if os.path.exists(stem + ".json") and os.path.exists(stem + ".npy"):
-        with open(stem + ".json") as f:
-            meta = json.load(f)
-        return TokenData(torch.from_numpy(np.load(stem + ".npy").astype(np.int64)), meta["num_chars"])
-
-    stories = read_local_stories(os.path.join(data_dir, SPLIT_FILES[split])) if data_dir else dataset["text"]
-    stories = [s.strip() for s in stories if s and s.strip()]
     tokenizer = load_tokenizer(tokenizer_name)
-    pieces = []
-    for i in range(0, len(stories), 10000):  # batched: the Rust tokenizer uses every core
-        for enc in tokenizer.encode_batch(stories[i:i + 10000]):
-            pieces.append([EOT_ID] + enc.ids)
-    tokens = np.fromiter((t for p in pieces for t in p), dtype=np.int64, count=sum(map(len, pieces)))
-    num_chars = sum(len(s) for s in stories) + len(stories)
-    dtype = np.uint16 if tokenizer.get_vocab_size() <= 65536 else np.int32
-    os.makedirs(CACHE_DIR, exist_ok=True)
-    meta = {"num_chars": num_chars, "stories": len(stories), "tokens": len(tokens)}
-    _atomic_write(stem + ".npy", lambda f: np.save(f, tokens.astype(dtype)))
-    _atomic_write(stem + ".json", lambda f: f.write(json.dumps(meta).encode()))
-    return TokenData(torch.from_numpy(tokens), num_chars)
+    key = hashlib.sha1()
+    _hash_file(key, os.path.join(TOKENIZER_DIR, f"{tokenizer_name}.json"))
+    if data_dir:
+        source = os.path.join(data_dir, SPLIT_FILES[split])
+        _hash_file(key, source)
+    else:
+        source = load_hub_split(split)
+        key.update(f"{HUB_DATASET}:{source._fingerprint}".encode())
+    stem = os.path.join(CACHE_DIR, f"{split}-{tokenizer_name}-{key.hexdigest()[:16]}")
+    if not (os.path.exists(stem + ".json") and os.path.exists(stem + ".bin")):
+        os.makedirs(CACHE_DIR, exist_ok=True)
+        write, counts = (_write_local if data_dir else _write_hub), []
+        _atomic_write(stem + ".bin", lambda f: counts.extend(write(f, source, tokenizer)))
+        meta = dict(zip(("tokens", "stories", "num_chars"), counts), dtype=np.dtype(_token_dtype(tokenizer)).name)
+        _atomic_write(stem + ".json", lambda f: f.write(json.dumps(meta).encode()))
+    with open(stem + ".json") as f:
+        meta = json.load(f)
+    if meta["tokens"] == 0:
+        raise ValueError(f"the {split} split ({source if data_dir else HUB_DATASET}) holds no stories")
+    return TokenData(np.memmap(stem + ".bin", dtype=meta["dtype"], mode="r"), meta["num_chars"])
+
+
+def gather_windows(tokens, starts, length):
+    """tokens[s:s + length] for each start s, as one (len(starts), length) int64 tensor; from a
+    memmap only these windows are read and widened."""
+    index = starts[:, None] + torch.arange(length)
+    if isinstance(tokens, np.ndarray):
+        return torch.from_numpy(tokens[index.numpy()].astype(np.int64))
+    return tokens[index].long()
 
 
 def sample_batch(tokens, batch_size, seq_len, generator):
@@ -137,7 +209,7 @@ def sample_batch(tokens, batch_size, seq_len, generator):
     if len(tokens) <= seq_len + 1:
         raise ValueError(f"the corpus has {len(tokens)} tokens, too few for windows of max_seq_len={seq_len}")
     starts = torch.randint(len(tokens) - seq_len - 1, (batch_size,), generator=generator)
-    window = tokens[starts[:, None] + torch.arange(seq_len + 1)]
+    window = gather_windows(tokens, starts, seq_len + 1)
     return window[:, :-1], window[:, 1:]
 
 
@@ -149,7 +221,7 @@ def validation_windows(tokens, seq_len, max_tokens):
         raise ValueError(f"the validation split has {len(tokens)} tokens, too few for one window of {seq_len}")
     count = max(1, min(available, max_tokens // seq_len))
     starts = torch.linspace(0, available - 1, count).round().long() * seq_len
-    window = tokens[starts[:, None] + torch.arange(seq_len + 1)]
+    window = gather_windows(tokens, starts, seq_len + 1)
     return window[:, :-1], window[:, 1:]
 
 

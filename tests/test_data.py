@@ -2,6 +2,7 @@ import math
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,13 +24,55 @@ def test_packing_and_char_count(cache_dir):
     assert d.tokens.tolist() == expected
     assert d.num_chars == sum(map(len, stories)) + len(stories)
     assert len(os.listdir(cache_dir)) == 2  # tokens + metadata
+    assert isinstance(d.tokens, np.memmap) and d.tokens.dtype == np.uint16  # read from disk, not loaded
+
+
+def test_streaming_across_chunk_and_batch_boundaries(cache_dir, monkeypatch):
+    """Tiny read chunks cut stories and separators in two; tiny encode batches: the same tokens."""
+    stories = data.read_local_stories(os.path.join(FIXTURE_DATA, "valid.txt"))
+    whole = data.get_token_data("valid", "bpe512", FIXTURE_DATA)
+    shutil.rmtree(cache_dir)
+    monkeypatch.setattr(data, "CHUNK_CHARS", 7)  # shorter than the separator, '<|endoftext|>'
+    monkeypatch.setattr(data, "STORIES_PER_BATCH", 3)
+    assert list(data.iter_local_stories(os.path.join(FIXTURE_DATA, "valid.txt"))) == stories
+    streamed = data.get_token_data("valid", "bpe512", FIXTURE_DATA)
+    assert streamed.tokens.tolist() == whole.tokens.tolist() and streamed.num_chars == whole.num_chars
+
+
+def test_hub_path_matches_local_folder(cache_dir, monkeypatch):
+    """The hub's datasets.map path (here a local Dataset; empty texts are skipped) packs the
+    same tokens and counts the same characters as the local folder."""
+    import datasets
+    stories = data.read_local_stories(os.path.join(FIXTURE_DATA, "valid.txt"))
+    local = data.get_token_data("valid", "bpe512", FIXTURE_DATA)
+    hub = datasets.Dataset.from_dict({"text": stories[:5] + ["", "  "] + [f"  {s}\n" for s in stories[5:]]})
+    monkeypatch.setattr(data, "load_hub_split", lambda split: hub)
+    monkeypatch.setattr(data, "STORIES_PER_BATCH", 4)  # several map batches and shards
+    monkeypatch.delenv("MMS_DATA_DIR", raising=False)
+    from_hub = data.get_token_data("valid", "bpe512", "")
+    assert from_hub.tokens.tolist() == local.tokens.tolist() and from_hub.num_chars == local.num_chars
+
+
+def test_batches_from_the_memmap_are_int64(cache_dir):
+    tokens = data.get_token_data("valid", "bpe512", FIXTURE_DATA).tokens
+    x, y = data.sample_batch(tokens, 4, 16, torch.Generator().manual_seed(1))
+    assert x.dtype == y.dtype == torch.int64 and torch.equal(x[:, 1:], y[:, :-1])
+    start = int(np.flatnonzero(np.all(np.lib.stride_tricks.sliding_window_view(tokens, 16) == x[0].numpy(), 1))[0])
+    assert tokens[start:start + 17].tolist() == x[0].tolist() + [int(y[0, -1])]
+
+
+def test_empty_split_is_a_clear_error(cache_dir, tmp_path):
+    for name in ("train.txt", "valid.txt"):
+        (tmp_path / name).write_text("<|endoftext|>\n  \n<|endoftext|>\n")
+    with pytest.raises(ValueError, match="valid split.*holds no stories"):
+        data.get_token_data("valid", "bpe512", str(tmp_path))
 
 
 def test_cache_is_reused_and_rebuilt_when_source_changes(cache_dir, tmp_path):
     src = tmp_path / "corpus"
     shutil.copytree(FIXTURE_DATA, src)
     first = data.get_token_data("valid", "bpe512", str(src))
-    assert torch.equal(data.get_token_data("valid", "bpe512", str(src)).tokens, first.tokens)
+    assert np.array_equal(data.get_token_data("valid", "bpe512", str(src)).tokens, first.tokens)
     assert len(os.listdir(cache_dir)) == 2
     with open(src / "valid.txt", "a") as f:
         f.write("A new story about a red kite.\n<|endoftext|>\n")
