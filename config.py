@@ -143,7 +143,7 @@ class TrainConfig:
     # --- data ---------------------------------------------------------------------------------
     dataset: str = "tinystories"       # what batches the trainer gets: a key of data.DATASETS; tinystories = packed next-token windows
     data_dir: str = ""                 # local folder with train.txt / valid.txt (TinyStories txt layout); "" = env MMS_DATA_DIR, else the HF hub
-    batch_size: int = 16               # sequences per micro-batch
+    batch_size: int = 16               # sequences per micro-batch, in all: under torchrun each of N processes takes batch_size / N
     grad_accum_steps: int = 1          # micro-batches per optimizer step (effective batch = batch_size * grad_accum_steps)
     max_steps: int = 600               # optimizer steps; tokens seen = max_steps * batch_size * grad_accum_steps * max_seq_len
     # --- optimizer ----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
     python train.py                                   # the llama_1m preset
     python train.py --preset gpt2_1m --name my_gpt2 --max_steps 300 --dim 96
     python train.py --resume trained/my_gpt2          # continue an interrupted run exactly
+    torchrun --standalone --nproc_per_node 4 train.py --preset llama_1m   # 4 GPUs (DDP; see distributed.py)
 
 Writes trained/NAME/: model_config.json, train_config.json, model.safetensors, log_data.csv
 (one row per evaluation) and checkpoint.pt (resumable: weights, optimizer, step, RNG states).
@@ -12,6 +13,7 @@ import csv
 import math
 import os
 import shutil
+import contextlib
 import signal
 import sys
 import time
@@ -21,6 +23,7 @@ from tqdm.auto import tqdm
 
 import config
 import data
+import distributed
 import metrics
 import tools
 from modules import build_model
@@ -163,7 +166,16 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
     optimizer, step, RNG states and data position come from the folder's checkpoint.pt
     (use `resume_run`, which also reads the folder's configs). `command` is recorded in the
     run's README.md. on_eval(row) is called with every log row (a sweep's pruner may raise to
-    stop the run there)."""
+    stop the run there). Under torchrun every process calls this; see distributed.py."""
+    job = distributed.Context()
+    device = job.start(tools.pick_device(train_cfg.device))
+    try:
+        return _train(model_cfg, train_cfg, resume, overwrite, progress, command, on_eval, job, device)
+    finally:
+        job.close()
+
+
+def _train(model_cfg, train_cfg, resume, overwrite, progress, command, on_eval, job, device):
     out = tools.run_dir(train_cfg)
     ckpt_path = os.path.join(out, "checkpoint.pt")
     log_path = os.path.join(out, "log_data.csv")
@@ -174,18 +186,21 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
             if not overwrite:
                 raise FileExistsError(f"run folder {out} already exists: resume it (--resume {out}), "
                                       "pick another --name, or pass --overwrite")
-            shutil.rmtree(out)
-        os.makedirs(out, exist_ok=True)
-        config.save_json(model_cfg, os.path.join(out, "model_config.json"))
-        config.save_json(train_cfg, os.path.join(out, "train_config.json"))
-
-    device = tools.pick_device(train_cfg.device)
+        job.barrier()  # every process has checked before rank 0 changes the folder
+        if job.is_main:
+            shutil.rmtree(out, ignore_errors=True)
+            os.makedirs(out, exist_ok=True)
+            config.save_json(model_cfg, os.path.join(out, "model_config.json"))
+            config.save_json(train_cfg, os.path.join(out, "train_config.json"))
+    job.check_batch(train_cfg.batch_size)
     use_autocast = tools.autocast_enabled(train_cfg.autocast, device)
     dataset = data.get_dataset(model_cfg, train_cfg)
 
     tools.seed_everything(train_cfg.seed)
     model = build_model(model_cfg).to(device)
     optimizer = make_optimizer(model, train_cfg, device)
+    if job.enabled:  # the same initial weights everywhere (seeded above), a different dropout stream per process
+        torch.manual_seed(train_cfg.seed + job.rank)
     batch_rng = torch.Generator().manual_seed(train_cfg.seed)  # the data position: its state is checkpointed
     # loss_sum / terms_sum: running sums since the last evaluation (extra loss terms a model reports)
     state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "loss_sum": 0.0, "loss_count": 0, "terms_sum": {}}
@@ -194,50 +209,72 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         batch_rng.set_state(ckpt["batch_rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in ckpt:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"])
+        ranks = ckpt.get("rng_ranks", [])  # per-process RNG states of a torchrun job of the same size
+        rng = ranks[job.rank] if len(ranks) == job.world else {"torch": ckpt["torch_rng"], "cuda": ckpt.get("cuda_rng")}
+        torch.set_rng_state(rng["torch"])
+        if device.type == "cuda" and rng["cuda"] is not None:
+            torch.cuda.set_rng_state(rng["cuda"])
         state.update({k: ckpt[k] for k in state if k in ckpt})
-        _truncate_log(log_path, state["step"])
+        if job.is_main:
+            _truncate_log(log_path, state["step"])
     step_model = torch.compile(model) if tools.compile_enabled(train_cfg.compile, device) else model
+    if job.enabled:
+        step_model = torch.nn.parallel.DistributedDataParallel(
+            step_model, device_ids=[device.index] if device.type == "cuda" else None)
+    log = print if job.is_main else (lambda *a, **k: None)
 
     total, embedding = tools.count_parameters(model)
-    print(f"{model_cfg.model_type} '{train_cfg.name}': {total:,} parameters ({total - embedding:,} non-embedding) "
+    log(f"{model_cfg.model_type} '{train_cfg.name}': {total:,} parameters ({total - embedding:,} non-embedding) "
           f"on {device}, autocast={'bf16' if use_autocast else 'off'}, "
           f"compile={'on' if step_model is not model else 'off'}; {train_cfg.dataset}: {dataset.describe()}"
+          + (f"; {job.world} processes" if job.enabled else "")
           + (f"; resuming at step {state['step']}" if resume else ""))
 
-    def save_checkpoint():
-        extra = {"torch_rng": torch.get_rng_state(), "batch_rng": batch_rng.get_state(), **state}
-        if device.type == "cuda":
-            extra["cuda_rng"] = torch.cuda.get_rng_state()
-        _save_checkpoint(ckpt_path, model, optimizer, extra)
-        tools.save_weights(model, os.path.join(out, "model.safetensors"))
+    def save_checkpoint():  # called by every process (the RNG states are gathered); rank 0 writes
+        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
+        extra = {"torch_rng": rng["torch"], "batch_rng": batch_rng.get_state(), **state}
+        if rng["cuda"] is not None:
+            extra["cuda_rng"] = rng["cuda"]
+        if job.enabled:
+            extra["rng_ranks"] = job.gather(rng)
+        if job.is_main:
+            _save_checkpoint(ckpt_path, model, optimizer, extra)
+            tools.save_weights(model, os.path.join(out, "model.safetensors"))
 
-    bar = tqdm(total=train_cfg.max_steps, initial=state["step"], disable=not progress, desc=train_cfg.name,
+    bar = tqdm(total=train_cfg.max_steps, initial=state["step"], disable=not progress or not job.is_main, desc=train_cfg.name,
                dynamic_ncols=True)
     model.train()
     session_start, elapsed_before = time.time(), state["elapsed_s"]
     interval_tokens, interval_train_s, grad_norm = 0, 0.0, float("nan")
+    stopping = False  # Ctrl-C, agreed by every process at the same step (the signal arrives anywhere)
     with _StopRequest() as stop:
-        while state["step"] < train_cfg.max_steps and not stop.requested:
+        while state["step"] < train_cfg.max_steps and not stopping:
             step_start = time.time()
             step = state["step"]
             lr = lr_at(step, train_cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            step_loss = 0.0
-            for _ in range(train_cfg.grad_accum_steps):
-                batch = dataset.train_batch(train_cfg.batch_size, batch_rng)
+            step_loss, step_terms = 0.0, {}
+            for micro in range(train_cfg.grad_accum_steps):
+                batch = dataset.train_batch(train_cfg.batch_size, batch_rng)  # the global batch
                 counted = dataset.batch_tokens(batch)
                 state["tokens"] += counted
                 interval_tokens += counted
-                with tools.autocast(device, use_autocast):
-                    _, loss, terms = step_model(**tools.to_device(batch, device))
-                (loss / train_cfg.grad_accum_steps).backward()
+                last_micro = micro == train_cfg.grad_accum_steps - 1  # DDP syncs gradients only then
+                with contextlib.nullcontext() if last_micro or not job.enabled else step_model.no_sync():
+                    with tools.autocast(device, use_autocast):
+                        _, loss, terms = step_model(**tools.to_device(job.share(batch), device))
+                    (loss / train_cfg.grad_accum_steps).backward()
                 step_loss += loss.item() / train_cfg.grad_accum_steps
                 for name, value in terms.items():
-                    state["terms_sum"][name] = state["terms_sum"].get(name, 0.0) + float(value) / train_cfg.grad_accum_steps
+                    step_terms[name] = step_terms.get(name, 0.0) + float(value) / train_cfg.grad_accum_steps
+            if job.enabled:  # one collective: the mean loss and terms, and whether any process got Ctrl-C
+                step_loss, stop_flag, *values = job.mean([step_loss, float(stop.requested), *step_terms.values()])
+                stopping, step_terms = stop_flag > 0, dict(zip(step_terms, values))
+            else:
+                stopping = stop.requested
+            for name, value in step_terms.items():
+                state["terms_sum"][name] = state["terms_sum"].get(name, 0.0) + value
             if not math.isfinite(step_loss):
                 bar.close()
                 raise NonFiniteLoss(f"loss became {step_loss} at step {step}; the run stopped there. "
@@ -255,7 +292,7 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
             bar.update(1)
 
             done = state["step"] == train_cfg.max_steps
-            if state["step"] % train_cfg.eval_interval == 0 or done:
+            if (state["step"] % train_cfg.eval_interval == 0 or done) and job.is_main:  # rank 0 evaluates and logs
                 tok_s = interval_tokens / max(interval_train_s, 1e-9)
                 val_loss, val_se, val_terms = evaluate(model, dataset, train_cfg.batch_size, device, use_autocast)
                 row = {"step": state["step"], "tokens": state["tokens"],
@@ -270,16 +307,17 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
                     on_eval(row)
                 bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{val_loss:.3f}",
                                 bpc=f"{row['val_bpc']:.3f}", lr=f"{lr:.1e}", tok_s=f"{tok_s:,.0f}")
+            if state["step"] % train_cfg.eval_interval == 0 or done:
                 state["loss_sum"], state["loss_count"], state["terms_sum"] = 0.0, 0, {}
                 interval_tokens, interval_train_s = 0, 0.0
             if state["step"] % train_cfg.checkpoint_interval == 0 or done:
                 save_checkpoint()
         bar.close()
-        if state["step"] == train_cfg.max_steps:
+        if state["step"] == train_cfg.max_steps and job.is_main:
             write_run_readme(out, command)
-        if stop.requested and state["step"] < train_cfg.max_steps:
+        if stopping and state["step"] < train_cfg.max_steps:
             save_checkpoint()
-            print(f"interrupted: saved step {state['step']} to {out}; continue with `python train.py --resume {out}`")
+            log(f"interrupted: saved step {state['step']} to {out}; continue with `python train.py --resume {out}`")
     return out
 
 
