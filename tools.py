@@ -24,8 +24,38 @@ def pick_device(name="auto"):
 
 
 def to_device(batch, device):
-    """A dict batch with every tensor moved to device."""
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    """A dict batch with every tensor moved to device (through pinned memory to a GPU, so the
+    copy overlaps with the work already queued there)."""
+    pin = device.type == "cuda"
+    return {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()}
+
+
+def configure_device(device):
+    """Per-device speed settings: TF32 matmuls and convolutions on CUDA (what fp32 work is left
+    under bf16 autocast); nothing elsewhere."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+# dense bf16 peak FLOP/s of common GPUs, for the MFU estimate (matched against the device name)
+GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12,
+                  "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
+
+
+def estimate_mfu(params, model_cfg, tokens_per_s, device):
+    """Model FLOPs utilisation as in nanoGPT's estimate_mfu (PaLM appendix B): 6 FLOPs per
+    parameter per token plus 12 * layers * dim * context for attention, over the device's bf16
+    peak. None where the peak is unknown (CPUs, unlisted GPUs)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    peak = next((flops for key, flops in GPU_PEAK_FLOPS.items() if key in name), None)
+    if peak is None:
+        return None
+    flops_per_token = 6 * params + 12 * model_cfg.num_layers * model_cfg.dim * model_cfg.max_seq_len
+    return flops_per_token * tokens_per_s / peak
 
 
 def autocast_enabled(setting, device):

@@ -193,6 +193,7 @@ def _train(model_cfg, train_cfg, resume, overwrite, progress, command, on_eval, 
             config.save_json(model_cfg, os.path.join(out, "model_config.json"))
             config.save_json(train_cfg, os.path.join(out, "train_config.json"))
     job.check_batch(train_cfg.batch_size)
+    tools.configure_device(device)
     use_autocast = tools.autocast_enabled(train_cfg.autocast, device)
     dataset = data.get_dataset(model_cfg, train_cfg)
 
@@ -305,8 +306,9 @@ def _train(model_cfg, train_cfg, resume, overwrite, progress, command, on_eval, 
                 _append_log(log_path, row)
                 if on_eval is not None:
                     on_eval(row)
-                bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{val_loss:.3f}",
-                                bpc=f"{row['val_bpc']:.3f}", lr=f"{lr:.1e}", tok_s=f"{tok_s:,.0f}")
+                mfu = tools.estimate_mfu(total, model_cfg, tok_s, device)
+                bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{val_loss:.3f}", bpc=f"{row['val_bpc']:.3f}",
+                                lr=f"{lr:.1e}", tok_s=f"{tok_s:,.0f}", **({"mfu": f"{mfu:.1%}"} if mfu else {}))
             if state["step"] % train_cfg.eval_interval == 0 or done:
                 state["loss_sum"], state["loss_count"], state["terms_sum"] = 0.0, 0, {}
                 interval_tokens, interval_train_s = 0, 0.0

@@ -8,6 +8,7 @@ import torch
 
 import config
 import data
+import tools
 import train
 from conftest import random_token_heldout_loss, tiny_configs
 from modules import build_model
@@ -168,3 +169,14 @@ def test_extra_loss_terms_become_log_columns(tmp_path, monkeypatch):
     rows = read_log(run)
     assert list(rows[0])[-2:] == ["train_aux_loss", "val_aux_loss"]  # each term on train and validation
     assert [float(r["train_aux_loss"]) for r in rows] == [float(r["val_aux_loss"]) for r in rows] == [0.25, 0.25]
+
+
+def test_mfu_estimate(monkeypatch):
+    """nanoGPT's formula against the device's bf16 peak; unknown on a CPU or an unlisted GPU."""
+    model_cfg, _ = tiny_configs()
+    assert tools.estimate_mfu(10**6, model_cfg, 1e5, torch.device("cpu")) is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    flops = (6 * 10**6 + 12 * model_cfg.num_layers * model_cfg.dim * model_cfg.max_seq_len) * 1e5
+    assert tools.estimate_mfu(10**6, model_cfg, 1e5, torch.device("cuda")) == pytest.approx(flops / 989e12)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Future GPU")
+    assert tools.estimate_mfu(10**6, model_cfg, 1e5, torch.device("cuda")) is None
