@@ -9,11 +9,11 @@ Writes trained/NAME/: model_config.json, train_config.json, model.safetensors, l
 (one row per evaluation) and checkpoint.pt (resumable: weights, optimizer, step, RNG states).
 """
 import argparse
+import contextlib
 import csv
 import math
 import os
 import shutil
-import contextlib
 import signal
 import sys
 import time
@@ -226,10 +226,10 @@ def _train(model_cfg, train_cfg, resume, overwrite, progress, command, on_eval, 
 
     total, embedding = tools.count_parameters(model)
     log(f"{model_cfg.model_type} '{train_cfg.name}': {total:,} parameters ({total - embedding:,} non-embedding) "
-          f"on {device}, autocast={'bf16' if use_autocast else 'off'}, "
-          f"compile={'on' if step_model is not model else 'off'}; {train_cfg.dataset}: {dataset.describe()}"
-          + (f"; {job.world} processes" if job.enabled else "")
-          + (f"; resuming at step {state['step']}" if resume else ""))
+        f"on {device}, autocast={'bf16' if use_autocast else 'off'}, "
+        f"compile={'on' if step_model is not model else 'off'}; {train_cfg.dataset}: {dataset.describe()}"
+        + (f"; {job.world} processes" if job.enabled else "")
+        + (f"; resuming at step {state['step']}" if resume else ""))
 
     def save_checkpoint():  # called by every process (the RNG states are gathered); rank 0 writes
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
@@ -293,7 +293,8 @@ def _train(model_cfg, train_cfg, resume, overwrite, progress, command, on_eval, 
             bar.update(1)
 
             done = state["step"] == train_cfg.max_steps
-            if (state["step"] % train_cfg.eval_interval == 0 or done) and job.is_main:  # rank 0 evaluates and logs
+            evaluate_now = state["step"] % train_cfg.eval_interval == 0 or done
+            if evaluate_now and job.is_main:  # rank 0 alone evaluates and logs
                 tok_s = interval_tokens / max(interval_train_s, 1e-9)
                 val_loss, val_se, val_terms = evaluate(model, dataset, train_cfg.batch_size, device, use_autocast)
                 row = {"step": state["step"], "tokens": state["tokens"],
@@ -309,7 +310,7 @@ def _train(model_cfg, train_cfg, resume, overwrite, progress, command, on_eval, 
                 mfu = tools.estimate_mfu(total, model_cfg, tok_s, device)
                 bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{val_loss:.3f}", bpc=f"{row['val_bpc']:.3f}",
                                 lr=f"{lr:.1e}", tok_s=f"{tok_s:,.0f}", **({"mfu": f"{mfu:.1%}"} if mfu else {}))
-            if state["step"] % train_cfg.eval_interval == 0 or done:
+            if evaluate_now:
                 state["loss_sum"], state["loss_count"], state["terms_sum"] = 0.0, 0, {}
                 interval_tokens, interval_train_s = 0, 0.0
             if state["step"] % train_cfg.checkpoint_interval == 0 or done:
