@@ -190,9 +190,11 @@ class Objective:
                    "--model_cfg", json.dumps(config.to_dict(model_cfg)), "--train_cfg", json.dumps(config.to_dict(train_cfg))]
         limit = int(self.memory_limit + args.child_overhead_gb * 2**30)
 
-        def cap_memory():  # CPU: the child's address space may not grow past the limit
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        on_cpu = not _cuda_available()
+        def cap_memory():  # CPU: the child's private writable memory may not grow past the limit (RLIMIT_DATA,
+            # not RLIMIT_AS: a CUDA build of torch maps gigabytes of library address space just to import)
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+        import tools
+        on_cpu = tools.pick_device(train_cfg.device).type == "cpu"  # the trial's device, not the machine's
         done = subprocess.run(command, cwd=config.ROOT, capture_output=True, text=True,
                               preexec_fn=cap_memory if on_cpu else None)
         if done.returncode == PRUNED_EXIT:
@@ -211,11 +213,6 @@ class Objective:
 def _looks_like_oom(stderr):
     text = stderr.lower()
     return any(s in text for s in ("memoryerror", "out of memory", "cannot allocate memory", "bad_alloc"))
-
-
-def _cuda_available():
-    import torch
-    return torch.cuda.is_available()
 
 
 # --- study --------------------------------------------------------------------------------

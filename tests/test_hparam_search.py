@@ -69,7 +69,13 @@ def test_over_the_limit_and_invalid_configs_are_pruned_without_being_built(sweep
 
     def never(*_, **__):
         raise AssertionError("a pruned config must not be built or trained")
-    monkeypatch.setattr(hs.subprocess, "run", never)  # no trial may reach training
+    real_run = hs.subprocess.run
+
+    def no_trial_child(command, *args, **kwargs):  # other subprocesses (matplotlib's fc-list, ...) still run
+        if "--_child" in command:
+            never()
+        return real_run(command, *args, **kwargs)
+    monkeypatch.setattr(hs.subprocess, "run", no_trial_child)  # no trial may reach training
     monkeypatch.setattr(modules, "build_model", never)  # nor be built (the estimate builds on the meta device)
     study = hs.search("limits", "tiny", ["dim=choice:4096"], trials=1, tokens=2048, fixed=TINY, memory_limit_gb=0.05,
                       progress=False)
@@ -107,7 +113,7 @@ def test_tiny_study_end_to_end_then_resumes(sweeps):
 
 def test_out_of_memory_in_training_prunes_the_trial(sweeps, monkeypatch):
     # an estimate that is wrong (here: forced to 1 MiB) lets a config through that needs ~3.5 GiB; its child
-    # process may not grow past 1.2 GiB of address space, fails to allocate, and the trial is pruned as out
+    # process may not grow past 1.2 GiB of private memory, fails to allocate, and the trial is pruned as out
     # of memory while the study goes on
     monkeypatch.setattr(hs, "estimate_memory", lambda *_: 2**20)
     study = hs.search("oom", "tiny", ["batch_size=choice:4096"], trials=1, tokens=2048, fixed=TINY, memory_limit_gb=0.5,
