@@ -170,7 +170,9 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
     job = distributed.Context()
     device = job.start(tools.pick_device(train_cfg.device))
     try:
-        return _train(model_cfg, train_cfg, resume, overwrite, progress, command, on_eval, job, device)
+        out = _train(model_cfg, train_cfg, resume, overwrite, progress, command, on_eval, job, device)
+        job.barrier()  # nobody tears the process group down while another process still writes or talks
+        return out
     finally:
         job.close()
 

@@ -80,7 +80,8 @@ def test_interrupted_two_process_run_resumes_exactly(tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 os.path.join(ROOT, "train.py"), *args, "--out_dir", str(tmp_path)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run(launcher + ["--name", "whole"], env=env, check=True, capture_output=True, timeout=300)
+    whole = subprocess.run(launcher + ["--name", "whole"], env=env, capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-3000:]
     job = subprocess.Popen(launcher + ["--name", "cut"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "cut" / "log_data.csv"
     deadline = time.time() + 120
@@ -91,9 +92,10 @@ def test_interrupted_two_process_run_resumes_exactly(tmp_path):
     out, err = job.communicate(timeout=120)
     assert job.returncode == 0, err[-3000:]
     assert "interrupted: saved step" in out, "the job finished before it was interrupted; make it longer"
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    os.path.join(ROOT, "train.py"), "--resume", str(tmp_path / "cut"), "--no_progress"],
-                   env=env, check=True, capture_output=True, timeout=300)
+    resumed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                              os.path.join(ROOT, "train.py"), "--resume", str(tmp_path / "cut"), "--no_progress"],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     whole, cut = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("whole", "cut"))
     for key in whole:
         assert torch.equal(whole[key], cut[key]), key
