@@ -16,7 +16,8 @@ import torch.distributed as dist
 
 
 class Context:
-    """This process's place in the job: rank, world size, and the few collectives training needs.
+    """This process's place in the job: rank, world size, and the few collectives training needs
+    (a Ctrl-C is agreed through `mean`: train.py averages a 0/1 flag with the step's loss).
     Without torchrun (WORLD_SIZE unset or 1) every method is the single-process no-op."""
 
     def __init__(self):
@@ -66,10 +67,6 @@ class Context:
             t = t.cuda()
         dist.all_reduce(t)
         return (t / self.world).tolist()
-
-    def any(self, flag):
-        """True on every process when `flag` is true on any (e.g. a Ctrl-C seen by one)."""
-        return bool(self.mean([float(flag)])[0] > 0) if self.enabled else bool(flag)
 
     def gather(self, obj):
         """[obj of rank 0, obj of rank 1, ...] on every process."""
