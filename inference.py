@@ -38,9 +38,7 @@ def load_model(path=DEFAULT_MODEL, device="auto", **overrides):
     cfg = config.from_dict(config.ModelConfig, {**fields, **overrides}, source=cfg_path)
     model = build_model(cfg)
     tools.load_weights(model, os.path.join(path, "model.safetensors"))
-    device = tools.pick_device(device)
-    tools.configure_device(device)
-    return model.to(device).eval(), data.load_tokenizer(cfg.tokenizer), cfg
+    return model.to(tools.pick_device(device)).eval(), data.load_tokenizer(cfg.tokenizer), cfg
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, min_p=None, generator=None):

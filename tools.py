@@ -12,14 +12,19 @@ import config
 
 
 def pick_device(name="auto"):
-    """'auto' -> cuda, then mps, then cpu; an explicit name is checked for availability."""
+    """'auto' -> cuda, then mps, then cpu; an explicit name is checked for availability. The
+    device comes back set up for speed: TF32 for the fp32 matmuls and convolutions left on CUDA
+    (under bf16 autocast, few)."""
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if name == "auto":
-        return torch.device(next(d for d in ("cuda", "mps", "cpu") if available[d]))
+        name = next(d for d in ("cuda", "mps", "cpu") if available[d])
     if name not in available:
         raise ValueError(f"device={name!r} is invalid: must be one of ['auto', 'cuda', 'mps', 'cpu']")
     if not available[name]:
         raise ValueError(f"device={name!r} is not available on this machine; use 'auto' or 'cpu'")
+    if name == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     return torch.device(name)
 
 
@@ -29,14 +34,6 @@ def to_device(batch, device):
     pin = device.type == "cuda"
     return {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) if torch.is_tensor(v) else v
             for k, v in batch.items()}
-
-
-def configure_device(device):
-    """Per-device speed settings: TF32 matmuls and convolutions on CUDA (what fp32 work is left
-    under bf16 autocast); nothing elsewhere."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
 
 # dense bf16 peak FLOP/s of common GPUs, for the MFU estimate (matched against the device name)

@@ -183,6 +183,7 @@ def _train(model_cfg, train_cfg, resume, overwrite, progress, command, on_eval, 
     log_path = os.path.join(out, "log_data.csv")
     if resume and not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f"cannot resume: no checkpoint.pt in {out}")
+    job.check_batch(train_cfg.batch_size)  # before the run folder is made
     if not resume:
         if os.path.exists(out) and os.listdir(out):
             if not overwrite:
@@ -194,8 +195,6 @@ def _train(model_cfg, train_cfg, resume, overwrite, progress, command, on_eval, 
             os.makedirs(out, exist_ok=True)
             config.save_json(model_cfg, os.path.join(out, "model_config.json"))
             config.save_json(train_cfg, os.path.join(out, "train_config.json"))
-    job.check_batch(train_cfg.batch_size)
-    tools.configure_device(device)
     use_autocast = tools.autocast_enabled(train_cfg.autocast, device)
     dataset = data.get_dataset(model_cfg, train_cfg)
 
@@ -212,8 +211,9 @@ def _train(model_cfg, train_cfg, resume, overwrite, progress, command, on_eval, 
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         batch_rng.set_state(ckpt["batch_rng"])
-        ranks = ckpt.get("rng_ranks", [])  # per-process RNG states of a torchrun job of the same size
-        rng = ranks[job.rank] if len(ranks) == job.world else {"torch": ckpt["torch_rng"], "cuda": ckpt.get("cuda_rng")}
+        # every process's RNG states (checkpoints from before they were kept per process hold one)
+        ranks = ckpt.get("rng_ranks") or [{"torch": ckpt["torch_rng"], "cuda": ckpt.get("cuda_rng")}]
+        rng = ranks[job.rank] if len(ranks) == job.world else ranks[0]  # another job size: rank 0's
         torch.set_rng_state(rng["torch"])
         if device.type == "cuda" and rng["cuda"] is not None:
             torch.cuda.set_rng_state(rng["cuda"])
@@ -235,11 +235,7 @@ def _train(model_cfg, train_cfg, resume, overwrite, progress, command, on_eval, 
 
     def save_checkpoint():  # called by every process (the RNG states are gathered); rank 0 writes
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
-        extra = {"torch_rng": rng["torch"], "batch_rng": batch_rng.get_state(), **state}
-        if rng["cuda"] is not None:
-            extra["cuda_rng"] = rng["cuda"]
-        if job.enabled:
-            extra["rng_ranks"] = job.gather(rng)
+        extra = {"rng_ranks": job.gather(rng), "batch_rng": batch_rng.get_state(), **state}
         if job.is_main:
             _save_checkpoint(ckpt_path, model, optimizer, extra)
             tools.save_weights(model, os.path.join(out, "model.safetensors"))

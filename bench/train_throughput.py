@@ -53,7 +53,6 @@ def main():
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: " + ", ".join(MODES))
     args = p.parse_args()
     device = tools.pick_device(args.device)
-    tools.configure_device(device)  # TF32 on CUDA, as train.py does
     presets, modes = args.presets.split(","), [m.strip() for m in args.modes.split(",")]
     unknown = [m for m in modes if m not in MODES]
     if unknown:
