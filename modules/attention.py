@@ -9,38 +9,85 @@ from torch import nn
 from modules.logging import LoggingModule, log_io
 
 
+def _tensors(value):
+    """Every tensor inside nested dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+
+
 class DecodeCache:
     """What every architecture's decoding cache knows: `length` slots are filled (the model adds
     the new tokens after each forward), up to max_len. `pad` (B,) counts the left-padding slots
     of each row (batched prompts of different lengths are left-padded): those slots are never
-    attended to, and positions are counted from each row's first real token."""
+    attended to, and positions are counted from each row's first real token.
+
+    After the prompt, `make_static()` turns `length` into a 0-d tensor: from then on each forward
+    adds one token and reads all max_len slots behind a mask, so every step has the same shapes
+    and one compiled decode step serves the whole generation (the gpt-fast approach). Modules
+    read and write their buffers through `write` / `visible` / `new_slots`, which work both ways."""
 
     def __init__(self, batch_size, max_len, device, pad=None):
-        self.max_len, self.length = max_len, 0
+        self.max_len, self.length, self.static = max_len, 0, False
         self.pad = torch.zeros(batch_size, dtype=torch.long, device=device) if pad is None else pad.to(device)
         self._memo_for, self._memo = None, {}
 
+    def make_static(self):
+        """Fixed shapes from now on: length becomes a 0-d long tensor, every forward adds one token."""
+        self.length, self.static = torch.tensor(self.length, device=self.pad.device), True
+        if self.pad.is_cuda:  # CUDA graphs replay fixed addresses: pin every tensor the cache holds
+            for tensor in _tensors(vars(self)):
+                torch._dynamo.mark_static_address(tensor)
+
+    def new_slots(self, num_new):
+        """(num_new,) slots the new tokens go to."""
+        return self.length + torch.arange(num_new, device=self.pad.device)
+
+    def visible_slots(self, num_new, shift=0):
+        """Slots a forward adding num_new tokens reads: 0 .. length + num_new + shift - 1, or all
+        max_len slots when static (the mask hides the unfilled ones)."""
+        return torch.arange(self.max_len if self.static else self.length + num_new + shift, device=self.pad.device)
+
+    def write(self, buffer, new, shift=0):
+        """Write new (..., num_new, D) into buffer (..., max_len, D) from slot length + shift on."""
+        if self.static:
+            buffer[..., self.new_slots(new.shape[-2]) + shift, :] = new
+        else:
+            start = self.length + shift
+            buffer[..., start:start + new.shape[-2], :] = new
+
+    def visible(self, buffer, num_new, shift=0):
+        """buffer (..., max_len, D) cut to visible_slots (all of it when static)."""
+        return buffer if self.static else buffer[..., :self.length + num_new + shift, :]
+
     def real(self, num_new):
         """(B, num_new) bool: True where a new slot holds a real token, False for left padding."""
-        slots = torch.arange(self.length, self.length + num_new, device=self.pad.device)
-        return slots[None, :] >= self.pad[:, None]
+        return self.new_slots(num_new)[None, :] >= self.pad[:, None]
 
     def positions(self, num, start=None):
         """(B, num) positions of slots start.. (default: the next free slot), counted from each
         row's first real token."""
         start = self.length if start is None else start
-        slots = torch.arange(start, start + num, device=self.pad.device)
+        slots = start + torch.arange(num, device=self.pad.device)
         return (slots[None, :] - self.pad[:, None]).clamp_min(0)
 
     def attention_mask(self, num_new):
-        """(B, 1, num_new, length + num_new) bool for the new tokens, or None when none is needed:
+        """(B, 1, num_new, visible slots) bool for the new tokens, or None when none is needed:
         no padding, and either a prompt written from slot 0 (plain causal) or one new token (it
         sees every slot). Built once per forward and shared by all layers."""
         return self.per_forward("attention_mask", num_new, self._build_mask)
 
     def per_forward(self, name, num_new, build):
         """build(num_new), computed once per forward (a cache length and a number of new tokens)
-        and shared by every layer that asks for `name`."""
+        and shared by every layer that asks for `name`. Static steps build it each time: the
+        compiler merges the copies."""
+        if self.static:
+            return build(num_new)
         if self._memo_for != (self.length, num_new):
             self._memo_for, self._memo = (self.length, num_new), {}
         if name not in self._memo:
@@ -48,23 +95,24 @@ class DecodeCache:
         return self._memo[name]
 
     def _build_mask(self, num_new):
-        if not bool(self.pad.any()) and (self.length == 0 or num_new == 1):
+        if not self.static and not bool(self.pad.any()) and (self.length == 0 or num_new == 1):
             return None
-        q = torch.arange(self.length, self.length + num_new, device=self.pad.device)[:, None]
-        k = torch.arange(self.length + num_new, device=self.pad.device)[None, :]
+        q = self.new_slots(num_new)[:, None]
+        k = self.visible_slots(num_new)[None, :]
         real = k[None] >= self.pad[:, None, None]
         # a padding query may see itself, so no row is empty (its output is never used)
         return (((k <= q)[None] & real) | (k == q)[None])[:, None]
 
 
 class KVCache(DecodeCache):
-    """Key/value buffers of every attention layer: k, v (num_layers, B, K, max_len, D)."""
+    """Key/value buffers of every attention layer: k[layer], v[layer] (B, K, max_len, D), one
+    tensor each so that a compiled step writes them in place."""
 
     def __init__(self, num_layers, batch_size, num_kv_heads, max_len, head_dim, device, dtype, pad=None):
         super().__init__(batch_size, max_len, device, pad)
-        shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch_size, num_kv_heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
 
 
 def rope_tables(inv_freq, positions):
@@ -137,12 +185,12 @@ class Attention(LoggingModule):
 
     def read_cache(self, k, v, cache):
         """Write the new k/v into the cache; return all cached k/v, the mask and whether it is causal."""
-        start, end = cache.length, cache.length + k.shape[2]
-        cache.k[self.layer_idx, :, :, start:end] = k
-        cache.v[self.layer_idx, :, :, start:end] = v
-        mask = cache.attention_mask(k.shape[2])
-        is_causal = mask is None and start == 0  # else: one new token, which sees every slot
-        return cache.k[self.layer_idx, :, :, :end], cache.v[self.layer_idx, :, :, :end], mask, is_causal
+        keys, values, num_new = cache.k[self.layer_idx], cache.v[self.layer_idx], k.shape[2]
+        cache.write(keys, k)
+        cache.write(values, v)
+        mask = cache.attention_mask(num_new)
+        is_causal = mask is None and cache.length == 0  # else: one new token, which sees every slot
+        return cache.visible(keys, num_new), cache.visible(values, num_new), mask, is_causal
 
     @log_io
     def forward(self, x, positions, cache=None):

@@ -89,6 +89,16 @@ def normalize(x, scale):
     return x / (x.norm(dim=-1, keepdim=True) + EPS) * scale[:, None, None].to(x.dtype)
 
 
+def store_state(state, name, value):
+    """Keep a decoding state tensor of fixed shape: a copy the first time, then written in place,
+    so a compiled decode step mutates its inputs instead of returning new ones (CUDA graphs need
+    fixed addresses)."""
+    if name in state:
+        state[name].copy_(value)
+    else:
+        state[name] = value.clone()
+
+
 class MosaicCache(DecodeCache):
     """Decoding state of every block: leaky-average states, the normalised context keys, the
     values of completed pairs, and the pending raw value of the newest position (its pair is
@@ -102,10 +112,10 @@ class MosaicCache(DecodeCache):
         return self.layers.setdefault((layer_idx, name), {})
 
     def memory_mask(self, num_new):
-        """(B, num_new, length + num_new - 1) bool: new token t may read the completed pairs at
+        """(B, num_new, visible pair slots) bool: new token t may read the completed pairs at
         strictly earlier, non-padding positions."""
-        slot = torch.arange(self.length + num_new - 1, device=self.pad.device)
-        query = torch.arange(self.length, self.length + num_new, device=self.pad.device)
+        slot = self.visible_slots(num_new, shift=-1)
+        query = self.new_slots(num_new)
         return (slot[None, :] <= query[:, None] - 1)[None] & (slot[None, None, :] >= self.pad[:, None, None])
 
 
@@ -132,7 +142,7 @@ class LeakyKeys(LoggingModule):
         beta = SCALAR_MULT * self.leaky_beta.abs()
         kbar = leaky_average(raw, beta, None if state is None else state.get("kbar"))
         if state is not None:
-            state["kbar"] = kbar[:, :, -1]
+            store_state(state, "kbar", kbar[:, :, -1])
         return normalize(kbar, self.scale())
 
 
@@ -177,22 +187,22 @@ class ContextMemory(LoggingModule):
     def decode(self, x, raw_v, cache):
         """Incremental path: write keys now, and each value once the token after it exists."""
         B, T, _ = x.shape
-        n = cache.length
         st = cache.state(self.layer_idx, "context")
         if not st:
             st["keys"] = x.new_zeros(B, self.nh, cache.max_len, self.hs)
             st["values"] = x.new_zeros(B, self.nh, cache.max_len, self.hs)
         k = self.keys(x, st, cache.real(T))
-        st["keys"][:, :, n:n + T] = k
-        if n > 0:  # the pending value of position n-1 completes with x_n
-            raw_v = torch.cat([st["pending"], raw_v], dim=2)
-        st["values"][:, :, max(n - 1, 0):n + T - 1] = self.values(raw_v[:, :, :-1], raw_v[:, :, 1:])
-        st["pending"] = raw_v[:, :, -1:]
-        pairs = n + T - 1  # completed (key, value) pairs: positions 0 .. n+T-2
-        if pairs == 0:
+        cache.write(st["keys"], k)
+        shift = 0
+        if "pending" in st:  # the pending value of the previous position completes with this x
+            raw_v, shift = torch.cat([st["pending"], raw_v], dim=2), -1
+        cache.write(st["values"], self.values(raw_v[:, :, :-1], raw_v[:, :, 1:]), shift=shift)
+        store_state(st, "pending", raw_v[:, :, -1:])
+        if not cache.static and cache.length + T - 1 == 0:  # no completed (key, value) pair yet
             return torch.zeros_like(k)
         allowed = cache.per_forward("memory_mask", T, cache.memory_mask)
-        y = F.scaled_dot_product_attention(k, st["keys"][:, :, :pairs], st["values"][:, :, :pairs],
+        y = F.scaled_dot_product_attention(k, cache.visible(st["keys"], T, shift=-1),
+                                           cache.visible(st["values"], T, shift=-1),
                                            attn_mask=allowed[:, None], scale=1.0)
         return torch.where(allowed.any(-1)[:, None, :, None], y, 0.0)  # empty memory -> 0 (and no NaN)
 

@@ -101,7 +101,7 @@ class GPT(LoggingModule):
     def positions_for(self, num_new, device, cache=None):
         """Positions of num_new tokens: (T,) from 0 without a cache, else (B, T) from the cache."""
         start = 0 if cache is None else cache.length
-        if start + num_new > self.cfg.max_seq_len:
+        if (cache is None or not cache.static) and start + num_new > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start + num_new} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
         return torch.arange(num_new, device=device) if cache is None else cache.positions(num_new)
 

@@ -142,6 +142,61 @@ def test_every_architecture_generates_batched_with_cache_equal_to_recomputation(
         assert torch.equal(inference.generate(model, tok, [prompt], **alone)[0], batch[row])
 
 
+def decode_one_by_one(model, x, pad, inputs, prefill, static, step_model=None):
+    """Logits (B, T - prefill, V) of x fed as a prompt x[:, :prefill] then one token per forward."""
+    cache = model.new_cache(x.shape[0], pad, **inputs)
+    with torch.inference_mode():
+        model(x[:, :prefill], cache=cache)
+        if static:
+            cache.make_static()
+        step_model = model if step_model is None else step_model
+        return torch.cat([step_model(x[:, t:t + 1], cache=cache)[0] for t in range(prefill, x.shape[1])], dim=1)
+
+
+def padded_batch(model, batch_size, length=14):
+    """Random ids with row 1 (if any) left-padded by 3 slots, its pad counts, and example inputs."""
+    torch.manual_seed(1)
+    x = torch.randint(2, model.cfg.vocab_size, (batch_size, length))
+    pad = torch.tensor([0, 3][:batch_size])
+    x[1:, :3] = data.PAD_ID
+    return x, pad, model.example_inputs(batch_size)
+
+
+@pytest.mark.parametrize("model_type", __import__("modules").registered_types())
+def test_static_cache_steps_equal_growing_cache(model_type):
+    """make_static: fixed-shape steps over all max_len slots give the growing cache's logits."""
+    torch.manual_seed(0)
+    model = build_model(tools.demo_config(model_type)).eval()
+    x, pad, inputs = padded_batch(model, 2)
+    torch.testing.assert_close(decode_one_by_one(model, x, pad, inputs, 5, static=True),
+                               decode_one_by_one(model, x, pad, inputs, 5, static=False), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not tools.compile_enabled("auto", torch.device("cpu")), reason="torch.compile needs a C++ compiler")
+@pytest.mark.parametrize("model_type", __import__("modules").registered_types())
+def test_compiled_decode_step_equals_eager(model_type):
+    """The compiled step (batch 1: fused matrix-vector loops; batch 2: left padding) gives the
+    eager logits, and one compiled graph serves every step (no recompilation per position)."""
+    torch.manual_seed(0)
+    model = build_model(tools.demo_config(model_type)).eval()
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    step = inference.compiled_decode_step(model)
+    for batch_size in (1, 2):
+        x, pad, inputs = padded_batch(model, batch_size)
+        compiled = decode_one_by_one(model, x, pad, inputs, 5, static=True, step_model=step)
+        torch.testing.assert_close(compiled, decode_one_by_one(model, x, pad, inputs, 5, static=False),
+                                   atol=2e-5, rtol=2e-5)
+    frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert frames <= 2, f"{frames} graphs compiled for 2 batch sizes x 9 positions"
+
+
+def test_generate_compile_arguments(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    with pytest.raises(ValueError, match="compile=True needs use_cache=True"):
+        inference.generate(model, tok, ["A"], compile=True, use_cache=False)
+
+
 def test_cli_errors_and_streaming(tmp_path, capsys):
     with pytest.raises(SystemExit, match="no trained model"):
         inference.main(["--model", str(tmp_path / "missing")])
