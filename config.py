@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 TOKENIZER_DIR = os.path.join(ROOT, "tokenizers")
+MAX_SEQ_LEN, MAX_LAYERS = 2**20, 1024  # upper bounds of ModelConfig.max_seq_len and num_layers
 
 
 def _check(ok, name, value, allowed):
@@ -28,6 +29,25 @@ def _check(ok, name, value, allowed):
 
 def _choice(name, value, options):
     _check(value in options, name, value, f"must be one of {list(options)}")
+
+
+def _numbers(obj):
+    """Every int/float/bool/str field holds a value of its declared type (an int is accepted
+    where a float is declared) and every float is finite: a clear error instead of a
+    TypeError or a NaN deep inside training."""
+    for f in dataclasses.fields(obj):
+        if not f.init:
+            continue
+        v, kind = getattr(obj, f.name), f.type if isinstance(f.type, str) else f.type.__name__
+        if kind == "bool":
+            _check(isinstance(v, bool), f.name, v, "must be true or false")
+        elif kind == "int":
+            _check(isinstance(v, int) and not isinstance(v, bool), f.name, v, "must be an integer")
+        elif kind == "float":
+            _check(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), f.name, v,
+                   "must be a finite number")
+        elif kind == "str":
+            _check(isinstance(v, str), f.name, v, "must be a string")
 
 
 def _positive(obj, *names):
@@ -104,9 +124,13 @@ class ModelConfig:
 
     def __post_init__(self):
         import modules  # lazily: the registry is the single list of model types and their own checks
+        _numbers(self)
         _choice("model_type", self.model_type, modules.registered_types())
         _choice("tokenizer", self.tokenizer, tokenizer_names())
         _positive(self, "max_seq_len", "dim", "num_layers", "num_q_heads", "num_kv_heads")
+        # far past any sandbox model, and short of sizes that take minutes just to construct
+        _check(self.max_seq_len <= MAX_SEQ_LEN, "max_seq_len", self.max_seq_len, f"must be <= {MAX_SEQ_LEN}")
+        _check(self.num_layers <= MAX_LAYERS, "num_layers", self.num_layers, f"must be <= {MAX_LAYERS}")
         _check(isinstance(self.head_dim, int) and self.head_dim >= 0, "head_dim", self.head_dim,
                "must be 0 (= dim // num_q_heads) or a positive integer")
         _check(self.num_q_heads % self.num_kv_heads == 0, "num_q_heads", self.num_q_heads,
@@ -169,6 +193,7 @@ class TrainConfig:
     decay_steps: int = field(init=False, default=0)
 
     def __post_init__(self):
+        _numbers(self)
         _check(bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name) and self.name not in (".", ".."),
                "name", self.name, "must be non-empty and use only letters, digits, '-', '_' and '.'")
         import data  # lazily: data.DATASETS is the single list of datasets

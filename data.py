@@ -77,7 +77,11 @@ def iter_local_stories(path, chunk_chars=None, progress=None):
     carry = ""
     with open(path, encoding="utf-8") as f:
         while True:
-            chunk = f.read(chunk_chars or CHUNK_CHARS)
+            try:
+                chunk = f.read(chunk_chars or CHUNK_CHARS)
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start} of a chunk read "
+                                 f"near byte {f.buffer.tell():,}); convert it to UTF-8") from None
             if progress is not None:
                 progress.update(len(chunk.encode("utf-8")))
             parts = (carry + chunk).split(SEPARATOR)
@@ -252,6 +256,11 @@ class TinyStories:
         return validation_windows(self.valid_data.tokens, self.seq_len, self.eval_tokens)
 
     def describe(self):
+        """Reads both splits (so a fault in either shows before training starts) and says what is used."""
+        if len(self.train_data.tokens) <= self.seq_len + 1:
+            raise ValueError(f"the train split of {self.data_dir or os.environ.get('MMS_DATA_DIR') or HUB_DATASET} "
+                             f"has {len(self.train_data.tokens)} tokens, too few for one window of "
+                             f"max_seq_len={self.seq_len} (+1); use more text or a shorter max_seq_len")
         return f"{len(self.validation[0])} validation windows of {self.seq_len} tokens"
 
     def train_batch(self, batch_size, generator):

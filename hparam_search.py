@@ -7,7 +7,7 @@
 
 A trial is a normal run folder, trained/sweeps/STUDY/trial_NNNN (so model_comparison.py and
 inference.py read it), trained on `tokens` tokens. Before a trial is built, its memory is
-estimated (`estimate_memory`) and compared with the device's free memory (CUDA) or a limit
+estimated (`tools.estimate_training_memory`) and compared with the device's free memory (CUDA) or a limit
 (CPU: 80% of the machine's available memory unless --memory_limit_gb); a config over it is
 pruned with the estimate in the trial's attributes. A config the sandbox rejects (heads not
 dividing dim, ...) is pruned with the config's own message. Each trial then trains in a child
@@ -83,40 +83,11 @@ def suggest(trial, space):
 
 
 # --- memory -------------------------------------------------------------------------------
-def count_parameters_unbuilt(model_cfg):
-    """Parameter count of a config, built on the meta device (no memory is allocated)."""
-    import torch
-    from modules import MODEL_REGISTRY
-    with torch.device("meta"):
-        return sum(p.numel() for p in MODEL_REGISTRY[model_cfg.model_type](model_cfg).parameters())
-
-
-def estimate_memory(model_cfg, train_cfg):
-    """Bytes a training step needs, estimated before anything is built: parameters x 16 (fp32
-    weights, gradients, AdamW's two moments) + activations kept for backward (per token and
-    layer about 20 x dim + 4 x the MLP's hidden width floats, plus the attention outputs) +
-    the logits (3 fp32 copies of batch x context x vocab: logits, softmax, gradient) + about
-    80 MiB of work space the first steps allocate at any size. Measured on CPU (growth of peak
-    RSS over two steps, tests/test_hparam_search.py) it is within a factor 1.5 either way."""
-    params = count_parameters_unbuilt(model_cfg)
-    tokens = train_cfg.batch_size * model_cfg.max_seq_len
-    per_token_layer = 20 * model_cfg.dim + 4 * model_cfg.mlp_hidden_dim + 4 * model_cfg.num_q_heads * model_cfg.head_dim
-    activations = 4 * tokens * model_cfg.num_layers * per_token_layer
-    logits = 3 * 4 * tokens * model_cfg.vocab_size
-    return 16 * params + activations + logits + 80 * 2**20
-
-
 def default_memory_limit(device):
     """Bytes available for a trial: free CUDA memory, else 80% of the machine's available memory."""
-    import torch
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info()[0]
-    try:
-        with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        return int(0.8 * int(info["MemAvailable"].split()[0]) * 1024)
-    except (OSError, KeyError, ValueError):
-        return 8 * 2**30
+    import tools
+    free = tools.free_memory(device)
+    return free if device.type == "cuda" else int(0.8 * free)
 
 
 # --- one trial ----------------------------------------------------------------------------
@@ -170,6 +141,7 @@ class Objective:
     def __call__(self, trial):
         import optuna
         import pandas as pd
+        import tools
         args = self.args
         values = suggest(trial, self.space)
         try:
@@ -178,7 +150,7 @@ class Objective:
         except ValueError as e:  # the sandbox's own message, e.g. "num_q_heads=3 is invalid: ..."
             trial.set_user_attr("error", str(e))
             raise optuna.TrialPruned(f"invalid config: {e}")
-        estimate = estimate_memory(model_cfg, train_cfg)
+        estimate = tools.estimate_training_memory(model_cfg, train_cfg)
         trial.set_user_attr("memory_estimate_gb", round(estimate / 2**30, 3))
         trial.set_user_attr("run", os.path.relpath(os.path.join(train_cfg.out_dir, train_cfg.name), config.ROOT))
         if estimate > self.memory_limit:
@@ -193,7 +165,6 @@ class Objective:
         def cap_memory():  # CPU: the child's private writable memory may not grow past the limit (RLIMIT_DATA,
             # not RLIMIT_AS: a CUDA build of torch maps gigabytes of library address space just to import)
             resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-        import tools
         on_cpu = tools.pick_device(train_cfg.device).type == "cpu"  # the trial's device, not the machine's
         done = subprocess.run(command, cwd=config.ROOT, capture_output=True, text=True,
                               preexec_fn=cap_memory if on_cpu else None)
@@ -274,7 +245,7 @@ def search(study, preset, space, trials, tokens, fixed=None, workers=1, memory_l
                    "--trials", str(n), "--tokens", str(tokens), "--storage", storage,
                    "--fixed_json", json.dumps(fixed or {}), "--space_json", json.dumps(space),
                    "--memory_limit_gb", str(limit / 2**30 / workers), "--child_overhead_gb", str(child_overhead_gb)]
-            procs.append(subprocess.Popen(cmd, cwd=config.ROOT))
+            procs.append(subprocess.Popen(cmd, cwd=config.ROOT, env=env))
         for p in procs:
             p.wait()
     elif remaining > 0:
@@ -330,7 +301,8 @@ def to_markdown(table):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    import tools
+    p = tools.ArgumentParser(description=__doc__)
     p.add_argument("--study", required=True, help="study name: trained/sweeps/STUDY holds it")
     p.add_argument("--preset", default="llama_1m")
     p.add_argument("--space", action="append", default=[], help="NAME=log:LOW:HIGH | float:.. | int:.. | choice:A,B (repeat)")
@@ -373,8 +345,8 @@ def main(argv=None):
             fixed[name] = parse_space([f"{name}=choice:{value}"])[name][1][0]
         study_obj = search(args.study, args.preset, args.space, args.trials, args.tokens, fixed, args.workers,
                            args.memory_limit_gb, args.storage)
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    except tools.USER_ERRORS as e:
+        tools.fail(e)
     print(to_markdown(summary_table(study_obj)))
     print(f"\nwrote {os.path.join(SWEEPS, args.study)}: summary.md, history.png, params.png")
 

@@ -8,10 +8,9 @@ prompt starts a story from scratch. Every Unicode string encodes (byte-level tok
 prompt longer than the context is an error; generation stops at <|endoftext|>, after
 max_new_tokens, or when the context (max_seq_len) is full, whichever comes first.
 """
-import argparse
 import json
+import math
 import os
-import sys
 
 import torch
 
@@ -41,17 +40,22 @@ def load_model(path=DEFAULT_MODEL, device="auto", **overrides):
     return model.to(tools.pick_device(device)).eval(), data.load_tokenizer(cfg.tokenizer), cfg
 
 
+def check_sampling(temperature, top_k, top_p, min_p):
+    """ValueError naming the first invalid sampling argument."""
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature={temperature!r} is invalid: must be a finite number >= 0 (0 = greedy)")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise ValueError(f"top_k={top_k!r} is invalid: must be a positive integer or None")
+    for name, v in (("top_p", top_p), ("min_p", min_p)):
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1):
+            raise ValueError(f"{name}={v!r} is invalid: must be in (0, 1] or None")
+
+
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, min_p=None, generator=None):
     """Sample one id per row from logits (B, V). temperature 0 = greedy. Filters, applied in
     this order: top_k keeps the k most likely; top_p keeps the smallest set whose probability
     reaches p; min_p drops tokens below min_p * (top probability)."""
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} is invalid: must be >= 0 (0 = greedy)")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k={top_k} is invalid: must be a positive integer or None")
-    for name, v in (("top_p", top_p), ("min_p", min_p)):
-        if v is not None and not 0 < v <= 1:
-            raise ValueError(f"{name}={v} is invalid: must be in (0, 1] or None")
+    check_sampling(temperature, top_k, top_p, min_p)
     logits = logits.float()
     if temperature == 0:
         return logits.argmax(dim=-1)
@@ -72,8 +76,16 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, min_p=None, gen
 
 def encode_prompts(tokenizer, prompts, max_seq_len):
     """Left-padded (B, P) ids and (B,) pad counts; each prompt is [<|endoftext|>] + its tokens."""
-    if isinstance(prompts, str):
-        raise ValueError("prompts must be a list of strings, e.g. ['Once upon a time']")
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"prompts={prompts!r:.80} is invalid: must be a list of strings, e.g. ['Once upon a time']")
+    if not prompts:
+        raise ValueError("prompts=[] is invalid: give at least one prompt ('' starts a story from scratch)")
+    for p in prompts:
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"prompt {p!r:.80} is not valid UTF-8 text (it holds undecodable bytes); "
+                             "pass text in UTF-8") from None
     ids = [[data.EOT_ID] + tokenizer.encode(p).ids for p in prompts]
     longest = max(map(len, ids))
     if longest >= max_seq_len:
@@ -83,6 +95,14 @@ def encode_prompts(tokenizer, prompts, max_seq_len):
     for row, seq in enumerate(ids):
         tokens[row, longest - len(seq):] = torch.tensor(seq)
     return tokens, torch.tensor([longest - len(s) for s in ids])
+
+
+def check_generation_fits(cfg, rows, device):
+    """ValueError unless generating `rows` sequences at once fits in the memory free on device
+    (per row: the prompt's logits and every layer's decoding state over the whole context)."""
+    per_row = 4 * cfg.max_seq_len * (cfg.vocab_size + 4 * cfg.num_layers * cfg.dim)
+    tools.check_fits(rows * per_row, device, f"generating {rows:,} samples at once",
+                     "ask for fewer samples (num_samples) per call")
 
 
 def compiled_decode_step(model):
@@ -124,6 +144,9 @@ def generate(model, tokenizer, prompts, max_new_tokens=200, temperature=1.0, top
     if compile and not tools.compile_enabled("auto", device):
         raise ValueError(f"compile=True is not available on {device.type}: torch.compile needs CUDA, or on CPU "
                          "a C++ compiler (g++ or clang++); use compile=False")
+    check_sampling(temperature, top_k, top_p, min_p)
+    if isinstance(prompts, (list, tuple)):
+        check_generation_fits(model.cfg, len(prompts), device)
     tokens, pad = encode_prompts(tokenizer, prompts, model.cfg.max_seq_len)
     tokens, pad = tokens.to(device), pad.to(device)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
@@ -164,7 +187,7 @@ def decode_continuation(tokenizer, ids):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = tools.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="run folder (default trained/llama_1m)")
     parser.add_argument("--prompt", default="Once upon a time", help="text to continue ('' = a new story)")
     parser.add_argument("--num_samples", type=int, default=1, help="stories to sample (batched)")
@@ -181,7 +204,10 @@ def main(argv=None):
                                 title="ModelConfig fields (override the trained model's config; shapes must still match)")
     args = parser.parse_args(argv)
     try:
-        model, tokenizer, _ = load_model(args.model, args.device, **config.overrides_from_args(args, (config.ModelConfig,)))
+        if args.num_samples < 1:
+            raise ValueError(f"--num_samples={args.num_samples} is invalid: must be a positive integer")
+        model, tokenizer, cfg = load_model(args.model, args.device, **config.overrides_from_args(args, (config.ModelConfig,)))
+        check_generation_fits(cfg, args.num_samples, next(model.parameters()).device)
         kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                       top_p=args.top_p, min_p=args.min_p, seed=args.seed, compile=args.compile)
         if args.num_samples == 1:  # stream the story as it is written
@@ -199,8 +225,8 @@ def main(argv=None):
         else:
             for i, text in enumerate(generate(model, tokenizer, [args.prompt] * args.num_samples, **kwargs)):
                 print(f"--- sample {i + 1} ---\n{args.prompt}{text}\n")
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    except tools.USER_ERRORS as e:
+        tools.fail(e)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,10 @@ Runs with different tokenizers are plotted in bits per character, which does not
 the tokenizer; per-token losses and top-k accuracies do, so compare those only between runs
 that share a tokenizer.
 """
-import argparse
 import dataclasses
 import glob
 import math
 import os
-import sys
 
 import pandas as pd
 import torch
@@ -220,7 +218,7 @@ def markdown_table(table):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = tools.ArgumentParser(description=__doc__)
     p.add_argument("runs", nargs="+", help="run folders, names under trained/, or globs")
     p.add_argument("--out", default="comparison", help="folder for curves.png and summary.md")
     p.add_argument("--topk", default="1,5", help="comma-separated k values for top-k accuracy")
@@ -232,8 +230,8 @@ def main(argv=None):
         if any(k < 1 for k in ks):
             raise ValueError(f"--topk={args.topk!r} is invalid: k values must be positive integers")
         table, _ = compare(args.runs, args.out, ks, args.data_dir, args.eval_tokens)
-    except (ValueError, FileNotFoundError, data.DataUnavailable) as e:
-        sys.exit(f"error: {e}")
+    except (*tools.USER_ERRORS, data.DataUnavailable) as e:
+        tools.fail(e)
     print(markdown_table(table))
     print(f"\nwrote {os.path.join(args.out, 'curves.png')} and {os.path.join(args.out, 'summary.md')}")
 

@@ -8,7 +8,6 @@
 Writes trained/NAME/: model_config.json, train_config.json, model.safetensors, log_data.csv
 (one row per evaluation) and checkpoint.pt (resumable: weights, optimizer, step, RNG states).
 """
-import argparse
 import contextlib
 import csv
 import math
@@ -114,15 +113,19 @@ def _append_log(path, row):
 
 
 def _truncate_log(path, last_step):
-    """Keep only log rows up to last_step (rows written after the checkpoint we resume from)."""
+    """Keep only the complete log rows up to last_step: rows written after the checkpoint we
+    resume from are written again, and a row cut short by a crash is dropped."""
     if not os.path.exists(path):
         return
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return
-    kept = [r for r in rows if int(r["step"]) <= last_step]
-    tools.atomic_save(lambda p: _write_rows(p, rows[0].keys(), kept), path)
+        reader = csv.DictReader(f)
+        rows, columns = list(reader), reader.fieldnames
+
+    def complete(row):
+        return None not in row and all(v not in (None, "") for v in row.values()) and row["step"].isdigit()
+    kept = [r for r in rows if complete(r) and int(r["step"]) <= last_step]
+    if columns:
+        tools.atomic_save(lambda p: _write_rows(p, columns, kept), path)
 
 
 def _write_rows(path, columns, rows):
@@ -177,13 +180,53 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
         job.close()
 
 
+@contextlib.contextmanager
+def _locked(job, out):
+    """Rank 0 holds the run's lock (tools.run_lock) for the whole run; every process learns
+    whether it got it, so a refused job stops everywhere at once."""
+    with contextlib.ExitStack() as stack:
+        error = None
+        if job.is_main:
+            try:
+                stack.enter_context(tools.run_lock(os.path.dirname(out), os.path.basename(out)))
+            except FileExistsError as e:
+                error = e
+        if job.enabled and job.mean([float(error is not None)])[0] > 0 and error is None:
+            error = FileExistsError(f"run {out} is in use by another process")
+        if error is not None:
+            raise error
+        yield
+
+
+def _load_checkpoint(path, device):
+    """torch.load with weights_only=True (tensors and plain containers only: a checkpoint can
+    never run code), with a clear error for a damaged or foreign file."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            reason = "it holds pickled Python objects, which are never loaded (weights_only=True)"
+        raise ValueError(f"checkpoint {path} is damaged or not a checkpoint of this project: {reason}. "
+                         "Train again (--overwrite), or restore the file from a backup") from None
+
+
 def _train(model_cfg, train_cfg, resume, overwrite, progress, command, on_eval, job, device):
     out = tools.run_dir(train_cfg)
+    job.check_batch(train_cfg.batch_size)  # before the run folder is made
+    tools.check_fits(tools.estimate_training_memory(model_cfg, train_cfg), device,
+                     f"training (batch_size={train_cfg.batch_size}, max_seq_len={model_cfg.max_seq_len}, "
+                     f"dim={model_cfg.dim}, num_layers={model_cfg.num_layers}, vocab_size={model_cfg.vocab_size})",
+                     "lower batch_size (grad_accum_steps keeps the effective batch), max_seq_len, dim or num_layers")
+    with _locked(job, out):
+        return _train_locked(model_cfg, train_cfg, resume, overwrite, progress, command, on_eval, job, device, out)
+
+
+def _train_locked(model_cfg, train_cfg, resume, overwrite, progress, command, on_eval, job, device, out):
     ckpt_path = os.path.join(out, "checkpoint.pt")
     log_path = os.path.join(out, "log_data.csv")
     if resume and not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f"cannot resume: no checkpoint.pt in {out}")
-    job.check_batch(train_cfg.batch_size)  # before the run folder is made
     if not resume:
         if os.path.exists(out) and os.listdir(out):
             if not overwrite:
@@ -207,10 +250,14 @@ def _train(model_cfg, train_cfg, resume, overwrite, progress, command, on_eval, 
     # loss_sum / terms_sum: running sums since the last evaluation (extra loss terms a model reports)
     state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "loss_sum": 0.0, "loss_count": 0, "terms_sum": {}}
     if resume:
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        batch_rng.set_state(ckpt["batch_rng"])
+        ckpt = _load_checkpoint(ckpt_path, device)
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            batch_rng.set_state(ckpt["batch_rng"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise ValueError(f"checkpoint {ckpt_path} does not fit the run's configs (model_config.json, "
+                             f"train_config.json): {str(e).strip().splitlines()[0][:200]}") from None
         # every process's RNG states (checkpoints from before they were kept per process hold one)
         ranks = ckpt.get("rng_ranks") or [{"torch": ckpt["torch_rng"], "cuda": ckpt.get("cuda_rng")}]
         rng = ranks[job.rank] if len(ranks) == job.world else ranks[0]  # another job size: rank 0's
@@ -240,6 +287,8 @@ def _train(model_cfg, train_cfg, resume, overwrite, progress, command, on_eval, 
             _save_checkpoint(ckpt_path, model, optimizer, extra)
             tools.save_weights(model, os.path.join(out, "model.safetensors"))
 
+    if not resume:  # from the first moment on, a crash can be resumed
+        save_checkpoint()
     bar = tqdm(total=train_cfg.max_steps, initial=state["step"], disable=not progress or not job.is_main, desc=train_cfg.name,
                dynamic_ncols=True)
     model.train()
@@ -367,7 +416,7 @@ def resume_run(run_dir, progress=True, command=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = tools.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="llama_1m", help=f"one of {list(config.PRESETS)} (default llama_1m)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in this folder")
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run folder of the same name")
@@ -381,8 +430,8 @@ def main(argv=None):
         else:
             model_cfg, train_cfg = config.get_preset(args.preset, **config.overrides_from_args(args))
             train(model_cfg, train_cfg, overwrite=args.overwrite, progress=not args.no_progress, command=command)
-    except (ValueError, FileNotFoundError, FileExistsError, data.DataUnavailable, NonFiniteLoss) as e:
-        sys.exit(f"error: {e}")
+    except (*tools.USER_ERRORS, data.DataUnavailable, NonFiniteLoss) as e:
+        tools.fail(e)
 
 
 if __name__ == "__main__":

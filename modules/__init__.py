@@ -30,5 +30,8 @@ def validate_config(cfg):
 
 
 def build_model(cfg):
-    """Instantiate the model class registered for cfg.model_type."""
+    """Instantiate the model class registered for cfg.model_type. A config whose weights alone
+    would not fit in memory is refused (ValueError) before anything is allocated."""
+    import tools
+    tools.check_weights_fit(cfg)
     return MODEL_REGISTRY[cfg.model_type](cfg)

@@ -1,10 +1,10 @@
 """Command line of the MoMeM pipeline: python -m momem data|train|ask|add|eval (see momem/__init__.py)."""
-import argparse
 import os
 import sys
 
 import config
 import data
+import tools
 import train
 from momem import people
 from momem.examples import DEFAULT_DIR
@@ -12,7 +12,7 @@ from momem.pipeline import MODULES, Pipeline, check_question, open_store, report
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m momem", description=__doc__)
+    parser = tools.ArgumentParser(prog="python -m momem", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("data", help="generate the people data (and a fresh memory store)")
     p.add_argument("--out", default=DEFAULT_DIR)
@@ -74,8 +74,8 @@ def main(argv=None):
                 raise ValueError(f"--splits {sorted(unknown)} invalid: choose from test, ood, unknown, valid, train")
             _, _, markdown = report(Pipeline(), splits, args.limit, out_dir=args.out)
             print(markdown + f"\nwrote {os.path.join(args.out, 'report.md')} and report.png")
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, data.DataUnavailable) as e:
-        sys.exit(f"error: {e}")
+    except (*tools.USER_ERRORS, KeyError, data.DataUnavailable) as e:
+        tools.fail(e)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import optuna
 import pytest
 
 import config
+import tools
 import hparam_search as hs
 from conftest import FIXTURE_DATA, ROOT
 
@@ -39,7 +40,7 @@ print(peak_rss() - before)
 def test_memory_estimate_within_a_factor_of_the_measured_peak(preset, overrides):
     script = MEASURE.format(root=ROOT, preset=preset, overrides=json.dumps(overrides))
     measured = int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
-    estimate = hs.estimate_memory(*config.get_preset(preset, **overrides))
+    estimate = tools.estimate_training_memory(*config.get_preset(preset, **overrides))
     assert 1 / 1.5 <= estimate / measured <= 1.5, (estimate, measured)
 
 
@@ -115,7 +116,7 @@ def test_out_of_memory_in_training_prunes_the_trial(sweeps, monkeypatch):
     # an estimate that is wrong (here: forced to 1 MiB) lets a config through that needs ~3.5 GiB; its child
     # process may not grow past 1.2 GiB of private memory, fails to allocate, and the trial is pruned as out
     # of memory while the study goes on
-    monkeypatch.setattr(hs, "estimate_memory", lambda *_: 2**20)
+    monkeypatch.setattr(tools, "estimate_training_memory", lambda *_: 2**20)
     study = hs.search("oom", "tiny", ["batch_size=choice:4096"], trials=1, tokens=2048, fixed=TINY, memory_limit_gb=0.5,
                       child_overhead_gb=0.7, progress=False)
     trial = study.trials[0]
