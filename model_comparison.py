@@ -39,7 +39,7 @@ def find_runs(patterns):
 
 
 def read_log(run):
-    return pd.read_csv(os.path.join(run, "log_data.csv"))
+    return tools.read_log(run)
 
 
 def summarize(run):

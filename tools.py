@@ -269,15 +269,37 @@ def run_dir(train_cfg):
     return os.path.join(out, train_cfg.name)
 
 
+def read_log(run_dir):
+    """log_data.csv of a run as a DataFrame of its complete rows; a clear error when it is
+    missing, empty, damaged or holds no evaluation yet."""
+    import pandas as pd
+    path = os.path.join(run_dir, "log_data.csv")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing: the run has not reached its first evaluation "
+                                "(train it, or resume it with `python train.py --resume RUN`)")
+    try:
+        log = pd.read_csv(path)
+    except Exception as e:
+        raise ValueError(f"{path} is damaged ({str(e).splitlines()[0][:150]}); resume the run to rewrite it") from None
+    needed = {"step", "tokens", "val_loss"}
+    if not needed <= set(log.columns):
+        raise ValueError(f"{path} lacks the columns {sorted(needed - set(log.columns))}: not a log of this project")
+    for column in needed:
+        log[column] = pd.to_numeric(log[column], errors="coerce")
+    log = log.dropna(subset=sorted(needed)).reset_index(drop=True)  # a row cut short by a crash
+    if log.empty:
+        raise ValueError(f"{path} holds no complete evaluation row yet; train or resume the run first")
+    return log
+
+
 def read_run(run_dir):
     """What a run folder reports, read once for its README and for the comparison table: the
     ModelConfig, log_data.csv (pandas), its last row, the row of lowest validation loss, and
     the parameter counts (total, non-embedding)."""
-    import pandas as pd
     from types import SimpleNamespace
     from modules import build_model
     cfg = config.load_json(config.ModelConfig, os.path.join(run_dir, "model_config.json"))
-    log = pd.read_csv(os.path.join(run_dir, "log_data.csv"))
+    log = read_log(run_dir)
     total, embedding = count_parameters(build_model(cfg))
     return SimpleNamespace(model_cfg=cfg, log=log, last=log.iloc[-1], best=log.loc[log["val_loss"].idxmin()],
                            params=total, non_embedding_params=total - embedding)

@@ -1,5 +1,7 @@
+import contextlib
 import math
 import os
+import re
 import sys
 
 import pytest
@@ -75,3 +77,12 @@ def random_token_heldout_loss(model, vocab_size, steps=300):
     with torch.no_grad():  # targets are the inputs shifted by one: a leak of t+1 into t shows here
         logits = model(held_out[:, :-1], held_out[:, 1:])[0]  # targets passed: a model must not use them
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), held_out[:, 1:].flatten()).item()
+
+
+@contextlib.contextmanager
+def cli_error(capsys, match):
+    """The command inside exits with code 2 after one `error: ...` line matching `match`."""
+    with pytest.raises(SystemExit) as e:
+        yield
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err and err[-1].startswith("error: ") and re.search(match, err[-1]), (e.value.code, err)

@@ -6,7 +6,7 @@ import torch
 import data
 import inference
 import tools
-from conftest import assert_cache_matches_full, tiny_configs
+from conftest import assert_cache_matches_full, tiny_configs, cli_error
 from modules import build_model
 
 
@@ -198,12 +198,12 @@ def test_generate_compile_arguments(model_and_tokenizer):
 
 
 def test_cli_errors_and_streaming(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="no trained model"):
+    with cli_error(capsys, "no trained model"):
         inference.main(["--model", str(tmp_path / "missing")])
     path = os.path.join(os.path.dirname(__file__), "..", "trained", "llama_1m")
     if not os.path.isfile(os.path.join(path, "model.safetensors")):
         pytest.skip("the shipped model trained/llama_1m is not present")
-    with pytest.raises(SystemExit, match="max_seq_len=512"):
+    with cli_error(capsys, "max_seq_len=512"):
         inference.main(["--model", path, "--prompt", "word " * 600])
     assert capsys.readouterr().out == ""  # nothing printed before the error
     inference.main(["--model", path, "--prompt", "Tom", "--max_new_tokens", "5", "--seed", "0", "--device", "cpu"])

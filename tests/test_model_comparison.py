@@ -6,7 +6,7 @@ import torch
 import metrics
 import model_comparison as mc
 import train
-from conftest import tiny_configs
+from conftest import tiny_configs, cli_error
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +86,9 @@ def test_topk_equals_direct_computation(two_runs):
 def test_cli_and_errors(two_runs, tmp_path, capsys):
     mc.main([two_runs[0], "--out", str(tmp_path / "cli"), "--topk", "1"])
     assert "| a_gpt |" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="no trained run matches"):
+    with cli_error(capsys, "no trained run matches"):
         mc.main(["does_not_exist_*", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="--topk"):
+    with cli_error(capsys, "--topk"):
         mc.main([two_runs[0], "--topk", "0"])
 
 

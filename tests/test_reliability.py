@@ -1,0 +1,272 @@
+"""Bad input gets one clear error; a crash loses nothing. Property-based fuzzing (hypothesis) of
+configs, command lines, generation and comparison inputs, plus injected faults: damaged files,
+malicious pickles, a full disk, two runs of one name, and SIGKILL at random moments."""
+import dataclasses
+import math
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import config
+import inference
+import model_comparison
+import tools
+import train
+from conftest import FIXTURE_DATA, ROOT, tiny_configs
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+ANY_VALUE = st.one_of(
+    st.integers(min_value=-10**12, max_value=10**12), st.sampled_from([0, -1, 1, 10**9, 10**7, 2**63]),
+    st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.none(), st.text(max_size=12),
+    st.sampled_from(["auto", "on", "off", "rope", "gpt", "mm", "cosine", "../escape", "a/b", ""]))
+FIELDS = [(cls, f.name) for cls in (config.ModelConfig, config.TrainConfig) for f in dataclasses.fields(cls) if f.init]
+
+
+def assert_cli_error(code, stderr):
+    """Exit code 2 and one `error: ...` line, the last thing printed (a progress bar may precede it)."""
+    lines = stderr.strip().splitlines()
+    assert code == 2 and lines and lines[-1].startswith("error: "), (code, stderr)
+    assert sum(line.startswith("error: ") for line in lines) == 1, stderr
+
+
+def assert_clear(error, *names):
+    """One line naming one of `names` (a field or argument) and saying what is allowed."""
+    text = str(error)
+    assert "\n" not in text.strip() and any(n in text for n in names), text
+    assert "invalid" in text or "must" in text or "needs" in text or "unknown" in text, text
+
+
+@FUZZ
+@given(field=st.sampled_from(FIELDS), value=ANY_VALUE)
+def test_fuzz_every_config_field(field, value):
+    """Any value of any field: a valid config or one ValueError naming the field. What passes
+    is then checked to fit in memory without allocating (huge sizes are refused, never built)."""
+    cls, name = field
+    try:
+        model_cfg, train_cfg = config.get_preset("tiny", **{name: value})
+    except ValueError as e:
+        assert_clear(e, name, "model_type=")  # an architecture's own check may name a related field
+        return
+    try:
+        tools.check_weights_fit(model_cfg)
+        tools.check_fits(tools.estimate_training_memory(model_cfg, train_cfg), torch.device("cpu"), "training", "")
+    except ValueError as e:
+        assert "needs about" in str(e)
+
+
+@FUZZ
+@given(keys=st.dictionaries(st.text(min_size=1, max_size=10), ANY_VALUE, max_size=3))
+def test_fuzz_json_keys(keys):
+    """Unknown or mistyped JSON keys: one ValueError listing them and the allowed keys."""
+    data = {**config.to_dict(config.ModelConfig()), **keys}
+    try:
+        config.from_dict(config.ModelConfig, data, source="model_config.json")
+    except ValueError as e:
+        assert "model_config.json" in str(e) or any(k in str(e) for k in data)
+
+
+@FUZZ
+@given(field=st.sampled_from(FIELDS), text=st.one_of(st.text(max_size=10), st.sampled_from(
+    ["nan", "inf", "-1", "0", "1e30", "10000000", "true", "maybe", "../../x"])))
+def test_fuzz_train_cli(field, text, monkeypatch, capsys):
+    """`python train.py --FIELD TEXT`: trains (here: the call is recorded) or exits 2 with one line."""
+    calls = []
+    monkeypatch.setattr(train, "train", lambda *a, **k: calls.append(a))
+    try:
+        train.main(["--preset", "tiny", f"--{field[1]}", text])
+    except SystemExit as e:
+        assert_cli_error(e.code, capsys.readouterr().err)
+        return
+    assert len(calls) == 1
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    cfg, train_cfg = tiny_configs(max_steps=6, eval_interval=3, checkpoint_interval=3,
+                                  out_dir=str(tmp_path_factory.mktemp("runs")))
+    return train.train(cfg, train_cfg, progress=False)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(prompts=st.one_of(st.lists(st.text(max_size=30), max_size=4), st.just([]), st.just("a string"),
+                         st.just(["\udcff broken"]), st.just(["word " * 200])),
+       max_new_tokens=st.one_of(st.integers(-2, 5), st.just(10**9), st.just(2.5)),
+       temperature=st.one_of(st.floats(-1, 3), st.just(math.nan), st.just(math.inf)),
+       top_k=st.one_of(st.none(), st.integers(-1, 5000), st.just(1.5)),
+       top_p=st.one_of(st.none(), st.floats(-0.5, 1.5), st.just(math.nan)),
+       min_p=st.one_of(st.none(), st.floats(-0.5, 1.5)))
+def test_fuzz_generate(trained_run, prompts, max_new_tokens, temperature, top_k, top_p, min_p):
+    """Any prompts and sampling arguments: continuations, or one ValueError naming the argument."""
+    model, tok, _ = load_cached(trained_run)
+    try:
+        out = inference.generate(model, tok, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                                 top_k=top_k, top_p=top_p, min_p=min_p, seed=0)
+    except ValueError as e:
+        assert_clear(e, "prompt", "max_new_tokens", "temperature", "top_k", "top_p", "min_p", "max_seq_len")
+        return
+    assert len(out) == len(prompts) and all(isinstance(t, str) for t in out)
+
+
+_loaded = {}
+
+
+def load_cached(run):
+    if run not in _loaded:
+        _loaded[run] = inference.load_model(run, device="cpu")
+    return _loaded[run]
+
+
+@pytest.mark.parametrize("argv", [["--num_samples", "0"], ["--num_samples", "-3"], ["--num_samples", "10000000000"],
+                                  ["--top_k", "0"], ["--temperature", "nan"], ["--top_p", "2"], ["--dim", "x"],
+                                  ["--max_new_tokens", "abc"], ["--model", "/nonexistent"], ["--bogus"]])
+def test_inference_cli_errors(argv, trained_run, capsys):
+    argv = argv if "--model" in argv else ["--model", trained_run, *argv]
+    with pytest.raises(SystemExit) as e:
+        inference.main(argv)
+    assert_cli_error(e.value.code, capsys.readouterr().err)
+
+
+def test_damaged_logs_and_missing_runs_in_comparison(trained_run, tmp_path, capsys):
+    """model_comparison.py on missing runs, empty / header-only / cut / foreign logs: exit 2, one line."""
+    import shutil
+    cases = {"empty": "", "header": "step,tokens,val_loss\n", "cut": None, "foreign": "a,b\n1,2\n"}
+    for name, text in cases.items():
+        run = tmp_path / name
+        shutil.copytree(trained_run, run)
+        log = run / "log_data.csv"
+        log.write_text(text if text is not None else log.read_text()[:-40].rsplit("\n", 1)[0][:-5])
+        if name == "cut":  # only the last row is cut: the complete rows are still compared
+            assert len(model_comparison.read_log(str(run))) >= 1
+            continue
+        with pytest.raises((ValueError, FileNotFoundError)) as e:
+            model_comparison.read_log(str(run))
+        assert "log_data.csv" in str(e.value)
+    for argv in (["/no/such/run"], [str(tmp_path / "empty")], [trained_run, "--topk", "0"]):
+        with pytest.raises(SystemExit) as e:
+            model_comparison.main([*argv, "--out", str(tmp_path / "cmp")])
+        assert_cli_error(e.value.code, capsys.readouterr().err)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):  # unpickling this would create the marker file
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_and_damaged_checkpoints(trained_run, tmp_path):
+    """A pickle that would run code is refused (weights_only) and runs nothing; a truncated or
+    foreign checkpoint, weights file or config each get a clear message naming the file."""
+    import shutil
+    run = str(tmp_path / "run")
+    shutil.copytree(trained_run, run)
+    ckpt = os.path.join(run, "checkpoint.pt")
+    marker = tmp_path / "pwned"
+    with open(ckpt, "wb") as f:
+        pickle.dump({"model": _Payload(str(marker))}, f)
+    with pytest.raises(ValueError, match="checkpoint.pt.*never loaded"):
+        train.resume_run(run, progress=False)
+    assert not marker.exists()
+    data = open(os.path.join(trained_run, "checkpoint.pt"), "rb").read()
+    open(ckpt, "wb").write(data[: len(data) // 2])  # truncated
+    with pytest.raises(ValueError, match="checkpoint.pt is damaged"):
+        train.resume_run(run, progress=False)
+    weights = os.path.join(run, "model.safetensors")
+    open(weights, "wb").write(open(os.path.join(trained_run, "model.safetensors"), "rb").read()[:100])
+    with pytest.raises(ValueError, match="model.safetensors"):
+        inference.load_model(run)
+    open(os.path.join(run, "model_config.json"), "w").write('{"dim": 1')
+    with pytest.raises(ValueError, match="model_config.json"):
+        inference.load_model(run)
+
+
+DISK_FULL_CHILD = """
+import os, resource, signal, sys, torch, tools
+path = sys.argv[1]
+tools.atomic_save(lambda p: torch.save({"w": torch.zeros(4)}, p), path)
+before = open(path, "rb").read()
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+try:
+    tools.atomic_save(lambda p: torch.save({"w": torch.zeros(100_000)}, p), path)
+except tools.SaveError as e:
+    assert open(path, "rb").read() == before and os.listdir(os.path.dirname(path)) == ["checkpoint.pt"]
+    print(e)
+"""
+
+
+def test_disk_full_keeps_the_previous_checkpoint(tmp_path):
+    """A write that fails for want of space (RLIMIT_FSIZE in a child process: writes past 4 KiB
+    fail) raises SaveError naming the file, keeps the previous file intact, leaves no temp file."""
+    done = subprocess.run([sys.executable, "-c", DISK_FULL_CHILD, str(tmp_path / "checkpoint.pt")], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "could not write" in done.stdout and "checkpoint.pt" in done.stdout and "previous version is kept" in done.stdout
+
+
+def test_two_runs_of_one_name_cannot_collide(tmp_path):
+    cfg, train_cfg = tiny_configs(max_steps=2, out_dir=str(tmp_path))
+    with tools.run_lock(str(tmp_path), train_cfg.name):
+        with pytest.raises(FileExistsError, match="in use by another process"):
+            train.train(cfg, train_cfg, progress=False)
+    train.train(cfg, train_cfg, progress=False, overwrite=True)  # the lock is free again
+
+
+def test_run_names_cannot_escape_the_output_folder():
+    for name in ("../x", "a/b", "..", ".", "/etc", "x\\y", ""):
+        with pytest.raises(ValueError, match="name="):
+            tiny_configs(name=name)
+
+
+TRAIN_CHILD = """
+import sys, config, train
+cfg, tcfg = config.get_preset("tiny", max_steps=240, eval_interval=40, checkpoint_interval=3, compile="off",
+                              autocast="off", data_dir=sys.argv[2], out_dir=sys.argv[1], name="crash")
+train.train(cfg, tcfg, resume=sys.argv[3] == "resume", progress=False)
+"""
+
+
+def test_sigkill_at_random_moments_loses_nothing(tmp_path):
+    """Kill training with SIGKILL at random moments (in the middle of steps, evaluations and
+    checkpoint writes) and resume each time: the final weights equal an uninterrupted run's
+    bit for bit, and the log has every evaluation exactly once."""
+    from safetensors.torch import load_file
+
+    def launch(out, mode):
+        return subprocess.Popen([sys.executable, "-c", TRAIN_CHILD, str(out), FIXTURE_DATA, mode], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    reference = launch(tmp_path / "ref", "new")
+    assert reference.wait() == 0, reference.stderr.read()
+    rng, kills, out = random.Random(0), 0, tmp_path / "killed"
+    mode = "new"
+    while True:
+        proc = launch(out, mode)
+        start = time.time()
+        ckpt = out / "crash" / "checkpoint.pt"
+        while proc.poll() is None and time.time() - start < 120 and not (ckpt.exists() and ckpt.stat().st_mtime > start):
+            time.sleep(0.02)  # until this process has written a checkpoint: it is training
+        if kills < 6:  # then a random moment: inside a step, an evaluation or a checkpoint write
+            time.sleep(rng.uniform(0.0, 0.8))
+        if kills >= 6 or proc.poll() is not None:
+            assert proc.wait(timeout=300) == 0, proc.stderr.read()
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        mode = "resume"
+    assert kills >= 3, f"only {kills} kills landed; the run finished too fast to test"
+    ref, got = load_file(tmp_path / "ref" / "crash" / "model.safetensors"), load_file(out / "crash" / "model.safetensors")
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    steps = [int(r.split(",")[0]) for r in (out / "crash" / "log_data.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(40, 241, 40)), steps
