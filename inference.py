@@ -145,9 +145,8 @@ def generate(model, tokenizer, prompts, max_new_tokens=200, temperature=1.0, top
         raise ValueError(f"compile=True is not available on {device.type}: torch.compile needs CUDA, or on CPU "
                          "a C++ compiler (g++ or clang++); use compile=False")
     check_sampling(temperature, top_k, top_p, min_p)
-    if isinstance(prompts, (list, tuple)):
-        check_generation_fits(model.cfg, len(prompts), device)
     tokens, pad = encode_prompts(tokenizer, prompts, model.cfg.max_seq_len)
+    check_generation_fits(model.cfg, len(tokens), device)
     tokens, pad = tokens.to(device), pad.to(device)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     steps = min(max_new_tokens, model.cfg.max_seq_len - tokens.shape[1])
@@ -207,6 +206,7 @@ def main(argv=None):
         if args.num_samples < 1:
             raise ValueError(f"--num_samples={args.num_samples} is invalid: must be a positive integer")
         model, tokenizer, cfg = load_model(args.model, args.device, **config.overrides_from_args(args, (config.ModelConfig,)))
+        # before the list of num_samples prompts is even built
         check_generation_fits(cfg, args.num_samples, next(model.parameters()).device)
         kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                       top_p=args.top_p, min_p=args.min_p, seed=args.seed, compile=args.compile)

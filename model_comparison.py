@@ -38,10 +38,6 @@ def find_runs(patterns):
     return runs
 
 
-def read_log(run):
-    return tools.read_log(run)
-
-
 def summarize(run):
     """One row of the summary table for a run folder."""
     r = tools.read_run(run)
@@ -58,7 +54,7 @@ def plot_curves(runs, path=None):
     """Train (dashed) and validation (solid) loss against step, tokens seen and wall-clock for
     every run on one figure; in bits/char when the runs use different tokenizers."""
     import matplotlib.pyplot as plt
-    logs = {os.path.basename(r): read_log(r) for r in runs}
+    logs = {os.path.basename(r): tools.read_log(r) for r in runs}
     tokenizers = {config.load_json(config.ModelConfig, os.path.join(r, "model_config.json")).tokenizer for r in runs}
     in_bpc = len(tokenizers) > 1
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), sharey=True)

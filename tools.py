@@ -135,7 +135,8 @@ def check_weights_fit(model_cfg, device=torch.device("cpu")):
     what = (f"the weights of this model (dim={c.dim}, num_layers={c.num_layers}, max_seq_len={c.max_seq_len}, "
             f"vocab_size={c.vocab_size})")
     advice = "lower dim, num_layers or max_seq_len"
-    # at most twice the real size for every architecture: embeddings, attention, MLP, position tables
+    # a lower bound for every architecture: its main matrices and position tables at 2 bytes per
+    # value (they hold 4), so it never refuses what the exact count below would allow
     per_layer = (2 * c.num_q_heads + 2 * c.num_kv_heads) * c.head_dim * c.dim + 3 * c.dim * c.mlp_hidden_dim
     lower_bound = 2 * (c.vocab_size * c.dim + c.num_layers * per_layer + c.max_seq_len * c.head_dim)
     check_fits(lower_bound, device, what, advice)
