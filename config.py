@@ -31,6 +31,13 @@ def _choice(name, value, options):
     _check(value in options, name, value, f"must be one of {list(options)}")
 
 
+def check_folder_name(field, value):
+    """A run or study name becomes one folder inside the output folder: it may not hold a path."""
+    _check(isinstance(value, str) and 0 < len(value) <= 100 and all(c.isalnum() or c in "-_." for c in value)
+           and value not in (".", ".."), field, value,
+           "must be 1-100 characters: letters, digits, '-', '_' and '.' (a folder name, not a path)")
+
+
 def _numbers(obj):
     """Every int/float/bool/str field holds a value of its declared type (an int is accepted
     where a float is declared) and every float is finite: a clear error instead of a
@@ -194,8 +201,7 @@ class TrainConfig:
 
     def __post_init__(self):
         _numbers(self)
-        _check(bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name) and self.name not in (".", ".."),
-               "name", self.name, "must be non-empty and use only letters, digits, '-', '_' and '.'")
+        check_folder_name("name", self.name)
         import data  # lazily: data.DATASETS is the single list of datasets
         _choice("dataset", self.dataset, data.DATASETS)
         _positive(self, "batch_size", "grad_accum_steps", "max_steps", "eval_interval", "eval_tokens",

@@ -63,7 +63,7 @@ def parse_space(items):
                     raise ValueError
             else:
                 raise ValueError
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, argparse.ArgumentTypeError):  # the last from config._parse_bool
             raise ValueError(f"--space {item!r} is invalid: use NAME=log:LOW:HIGH (LOW > 0), NAME=float:LOW:HIGH, "
                              "NAME=int:LOW:HIGH (LOW < HIGH) or NAME=choice:A,B,...") from None
     return space
@@ -225,11 +225,23 @@ def search(study, preset, space, trials, tokens, fixed=None, workers=1, memory_l
     space: {field: (kind, args)} as parse_space returns; fixed: overrides for every trial."""
     import torch
     import tools
+    config.check_folder_name("study", study)
+    if not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"trials={trials!r} is invalid: must be a positive integer")
+    max_workers = max(os.cpu_count() or 1, torch.cuda.device_count())
+    if not isinstance(workers, int) or not 1 <= workers <= max_workers:
+        raise ValueError(f"workers={workers!r} is invalid: must be an integer from 1 to {max_workers} "
+                         "(at most one per CPU core or GPU)")
+    if storage not in (None, "sqlite", "journal"):
+        raise ValueError(f"storage={storage!r} is invalid: must be None, 'sqlite' or 'journal'")
+    for name, value, high in (("tokens", tokens, 1e15), ("memory_limit_gb", memory_limit_gb or 1.0, 1e6)):
+        if not (isinstance(value, (int, float)) and 0 < value <= high):  # also refuses NaN
+            raise ValueError(f"{name}={value!r} is invalid: must be a number > 0 and <= {high:g}")
     storage = storage or ("journal" if workers > 1 else "sqlite")
     space = parse_space(space) if isinstance(space, (list, tuple)) else space
     config.get_preset(preset, **(fixed or {}))  # the fixed part must be valid on its own
     device = tools.pick_device((fixed or {}).get("device", "auto"))
-    limit = int(memory_limit_gb * 2**30) if memory_limit_gb else default_memory_limit(device)
+    limit = int(memory_limit_gb * 2**30) if memory_limit_gb is not None else default_memory_limit(device)
     args = argparse.Namespace(study=study, preset=preset, fixed=fixed or {}, tokens=tokens, storage=storage,
                               child_overhead_gb=child_overhead_gb, study_dir=os.path.join(SWEEPS, study))
     study_obj = open_study(study, storage, args.study_dir)
@@ -333,8 +345,6 @@ def main(argv=None):
             study_obj.optimize(Objective(run_args, space, int(args.memory_limit_gb * 2**30)), n_trials=args.trials,
                                catch=(RuntimeError,))
             return
-        if args.trials < 1 or args.tokens <= 0 or args.workers < 1:
-            raise ValueError(f"--trials={args.trials}, --tokens={args.tokens}, --workers={args.workers}: all must be positive")
         if not args.space:
             raise ValueError("give at least one --space NAME=KIND:... (e.g. --space lr=log:1e-3:3e-2)")
         fixed = {}

@@ -84,13 +84,12 @@ def encode_prompts(tokenizer, prompts, max_seq_len):
         try:
             p.encode("utf-8")
         except UnicodeEncodeError:
-            raise ValueError(f"prompt {p!r:.80} is not valid UTF-8 text (it holds undecodable bytes); "
-                             "pass text in UTF-8") from None
+            raise ValueError(f"prompt {p!r:.80} is invalid: must be UTF-8 text (it holds undecodable bytes)") from None
     ids = [[data.EOT_ID] + tokenizer.encode(p).ids for p in prompts]
     longest = max(map(len, ids))
     if longest >= max_seq_len:
-        raise ValueError(f"a prompt is {longest} tokens long but the model's context is max_seq_len={max_seq_len}; "
-                         "shorten the prompt so at least one token can be generated")
+        raise ValueError(f"a prompt of {longest} tokens is invalid: it must be shorter than the model's context, "
+                         f"max_seq_len={max_seq_len}, so that at least one token can be generated")
     tokens = torch.full((len(ids), longest), data.PAD_ID, dtype=torch.long)
     for row, seq in enumerate(ids):
         tokens[row, longest - len(seq):] = torch.tensor(seq)

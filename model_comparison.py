@@ -86,6 +86,8 @@ def window_metrics(run, ks=(1, 5), data_dir="", eval_tokens=None, batch_size=8, 
     evaluated on: eval_tokens from its train_config.json unless given), the mean loss of each
     window, (N,) nats/token, and the windows' target ids (N, T), for paired comparisons."""
     model, _, cfg = inference.load_model(run, device)
+    if max(ks) > cfg.vocab_size:
+        raise ValueError(f"top-k k={max(ks)} is invalid for {run}: must be at most its vocabulary size, {cfg.vocab_size}")
     train_cfg = config.load_json(config.TrainConfig, os.path.join(run, "train_config.json"))
     train_cfg = dataclasses.replace(train_cfg, data_dir=data_dir or train_cfg.data_dir,
                                     eval_tokens=eval_tokens or train_cfg.eval_tokens)
@@ -169,6 +171,8 @@ def compare(run_patterns, out_dir=None, ks=(1, 5), data_dir="", eval_tokens=None
     multi-token-prediction paper's probe (see repeated_name_items), with its standard error and
     item count. With out_dir, also writes curves.png and summary.md there."""
     from tqdm.auto import tqdm
+    if not ks or not all(isinstance(k, int) and k >= 1 for k in ks):
+        raise ValueError(f"top-k ks={ks!r} is invalid: must be positive integers (--topk 1,5)")
     runs = find_runs(run_patterns)
     rows, window_losses, windows, recalls = [], [], [], []
     for run in tqdm(runs, desc="runs", disable=not progress):
@@ -198,7 +202,8 @@ def compare(run_patterns, out_dir=None, ks=(1, 5), data_dir="", eval_tokens=None
 
 
 def markdown_table(table):
-    """The summary as a markdown table with readable number formats."""
+    """The summary as a markdown table with readable number formats (and a note under it when
+    the runs' tokenizers differ)."""
     formats = {"params": "{:,}", "non_embedding_params": "{:,}", "tokens": "{:,}", "wall_clock_s": "{:.0f}",
                "tokens_per_s": "{:,.0f}", "best_step": "{}", "name_items": "{}"}
     columns = list(table.columns)
@@ -210,6 +215,9 @@ def markdown_table(table):
             fmt = formats.get(c, "{:.4f}" if isinstance(v, float) else "{}")
             cells.append(fmt.format(v))
         lines.append("| " + " | ".join(cells) + " |")
+    if "tokenizer" in table and table["tokenizer"].nunique() > 1:
+        lines.append(f"\nThese runs use different tokenizers ({', '.join(table['tokenizer'].unique())}): compare them "
+                     "by val_bpc (bits per character); per-token losses and top-k accuracies do not compare.")
     return "\n".join(lines)
 
 
@@ -222,9 +230,10 @@ def main(argv=None):
     p.add_argument("--eval_tokens", type=int, default=None, help="validation tokens for top-k (default: the run's)")
     args = p.parse_args(argv)
     try:
-        ks = tuple(int(k) for k in args.topk.split(","))
-        if any(k < 1 for k in ks):
-            raise ValueError(f"--topk={args.topk!r} is invalid: k values must be positive integers")
+        try:
+            ks = tuple(int(k) for k in args.topk.split(","))
+        except ValueError:
+            raise ValueError(f"--topk={args.topk!r} is invalid: must be comma-separated positive integers") from None
         table, _ = compare(args.runs, args.out, ks, args.data_dir, args.eval_tokens)
     except (*tools.USER_ERRORS, data.DataUnavailable) as e:
         tools.fail(e)

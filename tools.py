@@ -195,11 +195,15 @@ def atomic_save(save, path):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+        with contextlib.suppress(OSError):  # measured with the partial file still there
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+            if free < 2**20:  # torch's own message for a full disk is "unexpected pos N vs M"
+                reason = f"no space left on its disk ({free // 1024} KiB free)"
         with contextlib.suppress(OSError):
             os.remove(tmp)
         kept = "the previous version is kept" if os.path.exists(path) else "nothing was written"
-        raise SaveError(f"could not write {path}: {str(e).splitlines()[0][:200]} ({kept}); "
-                        "free some disk space and resume") from None
+        raise SaveError(f"could not write {path}: {reason} ({kept}); free some disk space and resume") from None
 
 
 @contextlib.contextmanager

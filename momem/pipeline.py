@@ -161,12 +161,13 @@ def report(pipeline, splits=("test", "ood", "unknown"), limit=None, folder=None,
     """Evaluate on the generated splits; returns (per-example DataFrame, summary DataFrame,
     markdown) and, with out_dir, writes report.md and report.png there."""
     import pandas as pd
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit={limit!r} is invalid: must be a positive number of questions per split, or None (all)")
     folder = folder or data_folder()
     frames = []
     for split in splits:
         examples = people.read(folder, "examples", split)
-        if limit:
-            examples = examples[:limit]
+        examples = examples[:limit]
         frame = pd.DataFrame(evaluate(pipeline, examples, known=split != "unknown"))
         frame.insert(0, "split", split)
         frames.append(frame)

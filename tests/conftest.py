@@ -79,10 +79,26 @@ def random_token_heldout_loss(model, vocab_size, steps=300):
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), held_out[:, 1:].flatten()).item()
 
 
+def assert_cli_error(code, stderr, match=""):
+    """Exit code 2 and one `error: ...` line (matching `match`), the last thing printed (a progress
+    bar may precede it)."""
+    lines = stderr.strip().splitlines()
+    assert code == 2 and lines and lines[-1].startswith("error: ") and re.search(match, lines[-1]), (code, stderr)
+    assert sum(line.startswith("error: ") for line in lines) == 1, stderr
+
+
 @contextlib.contextmanager
 def cli_error(capsys, match):
     """The command inside exits with code 2 after one `error: ...` line matching `match`."""
     with pytest.raises(SystemExit) as e:
         yield
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and err and err[-1].startswith("error: ") and re.search(match, err[-1]), (e.value.code, err)
+    assert_cli_error(e.value.code, capsys.readouterr().err, match)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A tiny run trained for 6 steps (checkpoints at 3 and 6), for tests that load a trained model."""
+    import train
+    cfg, train_cfg = tiny_configs(max_steps=6, eval_interval=3, checkpoint_interval=3,
+                                  out_dir=str(tmp_path_factory.mktemp("runs")))
+    return train.train(cfg, train_cfg, progress=False)

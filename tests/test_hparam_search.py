@@ -126,7 +126,7 @@ def test_out_of_memory_in_training_prunes_the_trial(sweeps, monkeypatch):
 def test_cli_errors(capsys):
     with cli_error(capsys, "at least one --space"):
         hs.main(["--study", "x"])
-    with cli_error(capsys, "--trials=0"):
+    with cli_error(capsys, "trials=0 is invalid"):
         hs.main(["--study", "x", "--trials", "0", "--space", "lr=log:1e-3:1e-2"])
 
 

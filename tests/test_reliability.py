@@ -21,7 +21,7 @@ import inference
 import model_comparison
 import tools
 import train
-from conftest import FIXTURE_DATA, ROOT, tiny_configs
+from conftest import FIXTURE_DATA, ROOT, assert_cli_error, tiny_configs
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 ANY_VALUE = st.one_of(
@@ -29,13 +29,6 @@ ANY_VALUE = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.none(), st.text(max_size=12),
     st.sampled_from(["auto", "on", "off", "rope", "gpt", "mm", "cosine", "../escape", "a/b", ""]))
 FIELDS = [(cls, f.name) for cls in (config.ModelConfig, config.TrainConfig) for f in dataclasses.fields(cls) if f.init]
-
-
-def assert_cli_error(code, stderr):
-    """Exit code 2 and one `error: ...` line, the last thing printed (a progress bar may precede it)."""
-    lines = stderr.strip().splitlines()
-    assert code == 2 and lines and lines[-1].startswith("error: "), (code, stderr)
-    assert sum(line.startswith("error: ") for line in lines) == 1, stderr
 
 
 def assert_clear(error, *names):
@@ -89,13 +82,6 @@ def test_fuzz_train_cli(field, text, monkeypatch, capsys):
     assert len(calls) == 1
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    cfg, train_cfg = tiny_configs(max_steps=6, eval_interval=3, checkpoint_interval=3,
-                                  out_dir=str(tmp_path_factory.mktemp("runs")))
-    return train.train(cfg, train_cfg, progress=False)
-
-
 @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(prompts=st.one_of(st.lists(st.text(max_size=30), max_size=4), st.just([]), st.just("a string"),
                          st.just(["\udcff broken"]), st.just(["word " * 200])),
@@ -104,9 +90,9 @@ def trained_run(tmp_path_factory):
        top_k=st.one_of(st.none(), st.integers(-1, 5000), st.just(1.5)),
        top_p=st.one_of(st.none(), st.floats(-0.5, 1.5), st.just(math.nan)),
        min_p=st.one_of(st.none(), st.floats(-0.5, 1.5)))
-def test_fuzz_generate(trained_run, prompts, max_new_tokens, temperature, top_k, top_p, min_p):
+def test_fuzz_generate(tiny_run, prompts, max_new_tokens, temperature, top_k, top_p, min_p):
     """Any prompts and sampling arguments: continuations, or one ValueError naming the argument."""
-    model, tok, _ = load_cached(trained_run)
+    model, tok, _ = load_cached(tiny_run)
     try:
         out = inference.generate(model, tok, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
                                  top_k=top_k, top_p=top_p, min_p=min_p, seed=0)
@@ -128,20 +114,20 @@ def load_cached(run):
 @pytest.mark.parametrize("argv", [["--num_samples", "0"], ["--num_samples", "-3"], ["--num_samples", "10000000000"],
                                   ["--top_k", "0"], ["--temperature", "nan"], ["--top_p", "2"], ["--dim", "x"],
                                   ["--max_new_tokens", "abc"], ["--model", "/nonexistent"], ["--bogus"]])
-def test_inference_cli_errors(argv, trained_run, capsys):
-    argv = argv if "--model" in argv else ["--model", trained_run, *argv]
+def test_inference_cli_errors(argv, tiny_run, capsys):
+    argv = argv if "--model" in argv else ["--model", tiny_run, *argv]
     with pytest.raises(SystemExit) as e:
         inference.main(argv)
     assert_cli_error(e.value.code, capsys.readouterr().err)
 
 
-def test_damaged_logs_and_missing_runs_in_comparison(trained_run, tmp_path, capsys):
+def test_damaged_logs_and_missing_runs_in_comparison(tiny_run, tmp_path, capsys):
     """model_comparison.py on missing runs, empty / header-only / cut / foreign logs: exit 2, one line."""
     import shutil
     cases = {"empty": "", "header": "step,tokens,val_loss\n", "cut": None, "foreign": "a,b\n1,2\n"}
     for name, text in cases.items():
         run = tmp_path / name
-        shutil.copytree(trained_run, run)
+        shutil.copytree(tiny_run, run)
         log = run / "log_data.csv"
         log.write_text(text if text is not None else log.read_text()[:-40].rsplit("\n", 1)[0][:-5])
         if name == "cut":  # only the last row is cut: the complete rows are still compared
@@ -150,7 +136,7 @@ def test_damaged_logs_and_missing_runs_in_comparison(trained_run, tmp_path, caps
         with pytest.raises((ValueError, FileNotFoundError)) as e:
             tools.read_log(str(run))
         assert "log_data.csv" in str(e.value)
-    for argv in (["/no/such/run"], [str(tmp_path / "empty")], [trained_run, "--topk", "0"]):
+    for argv in (["/no/such/run"], [str(tmp_path / "empty")], [tiny_run, "--topk", "0"]):
         with pytest.raises(SystemExit) as e:
             model_comparison.main([*argv, "--out", str(tmp_path / "cmp")])
         assert_cli_error(e.value.code, capsys.readouterr().err)
@@ -164,12 +150,12 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
-def test_malicious_and_damaged_checkpoints(trained_run, tmp_path):
+def test_malicious_and_damaged_checkpoints(tiny_run, tmp_path):
     """A pickle that would run code is refused (weights_only) and runs nothing; a truncated or
     foreign checkpoint, weights file or config each get a clear message naming the file."""
     import shutil
     run = str(tmp_path / "run")
-    shutil.copytree(trained_run, run)
+    shutil.copytree(tiny_run, run)
     ckpt = os.path.join(run, "checkpoint.pt")
     marker = tmp_path / "pwned"
     with open(ckpt, "wb") as f:
@@ -177,12 +163,12 @@ def test_malicious_and_damaged_checkpoints(trained_run, tmp_path):
     with pytest.raises(ValueError, match="checkpoint.pt.*never loaded"):
         train.resume_run(run, progress=False)
     assert not marker.exists()
-    data = open(os.path.join(trained_run, "checkpoint.pt"), "rb").read()
+    data = open(os.path.join(tiny_run, "checkpoint.pt"), "rb").read()
     open(ckpt, "wb").write(data[: len(data) // 2])  # truncated
     with pytest.raises(ValueError, match="checkpoint.pt is damaged"):
         train.resume_run(run, progress=False)
     weights = os.path.join(run, "model.safetensors")
-    open(weights, "wb").write(open(os.path.join(trained_run, "model.safetensors"), "rb").read()[:100])
+    open(weights, "wb").write(open(os.path.join(tiny_run, "model.safetensors"), "rb").read()[:100])
     with pytest.raises(ValueError, match="model.safetensors"):
         inference.load_model(run)
     open(os.path.join(run, "model_config.json"), "w").write('{"dim": 1')
@@ -212,6 +198,56 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "could not write" in done.stdout and "checkpoint.pt" in done.stdout and "previous version is kept" in done.stdout
+
+
+def _user_namespaces_work():
+    import shutil
+    return shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "-rm", "true"], capture_output=True).returncode == 0
+
+
+TMPFS_SCRIPT = """
+set -u
+mount -t tmpfs -o size="$SIZE" tmpfs "$MNT"
+"$PY" train.py $ARGS --out_dir "$MNT"; echo "first exit $?"
+"$PY" -c "import sys, torch; print('checkpoint step', torch.load(sys.argv[1], weights_only=True)['step'])" "$MNT/tiny/checkpoint.pt"
+ls -A "$MNT/tiny" | tr '\\n' ' '; echo
+mount -o remount,size=64m "$MNT"
+"$PY" train.py --resume "$MNT/tiny" --no_progress; echo "resume exit $?"
+cp "$MNT/tiny/model.safetensors" "$OUT"
+"""
+
+
+@pytest.mark.skipif(not _user_namespaces_work(), reason="needs `unshare -rm` (user namespaces) to mount a small tmpfs")
+def test_disk_full_on_a_small_tmpfs_then_resume(tmp_path):
+    """Training whose out_dir is a tmpfs too small for a second checkpoint: the save fails with
+    one clear line (exit 2), the previous checkpoint is intact and no temporary file is left; with
+    space freed (the tmpfs grown), the run resumes and ends with the weights of an
+    uninterrupted run, bit for bit."""
+    from safetensors.torch import load_file
+    args = (f"--preset tiny --device cpu --compile off --autocast off --data_dir {FIXTURE_DATA} --max_steps 20 "
+            "--eval_interval 10 --checkpoint_interval 10 --batch_size 8 --eval_tokens 2048 --no_progress")
+    done = subprocess.run([sys.executable, "train.py", *args.split(), "--out_dir", str(tmp_path / "ref")], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    pages = {f.name: -(-f.stat().st_size // 4096) * 4096 for f in (tmp_path / "ref" / "tiny").iterdir()}
+    # room for every file once and 8 KiB of log growth, but not for a second full checkpoint, which
+    # a save writes beside the old one before the rename. The step-0 checkpoint holds no Adam
+    # moments yet (a third of the size), so step 10's save fits and step 20's is the one that fails.
+    size = sum(pages.values()) + 8192 + pages["checkpoint.pt"] // 2
+    (tmp_path / "mnt").mkdir()
+    env = dict(os.environ, SIZE=str(size), MNT=str(tmp_path / "mnt"), PY=sys.executable, ARGS=args, OUT=str(tmp_path))
+    done = subprocess.run(["unshare", "-rm", "bash", "-c", TMPFS_SCRIPT], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    out, err = done.stdout, done.stderr
+    assert "first exit 2" in out, (out, err)
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "could not write" in errors[0] and "checkpoint.pt" in errors[0], err
+    assert "no space left on its disk" in errors[0] and "previous version is kept" in errors[0], errors
+    assert "checkpoint step 10" in out and ".tmp" not in out, out
+    assert "resume exit 0" in out, (out, err)
+    ref, got = load_file(tmp_path / "ref" / "tiny" / "model.safetensors"), load_file(tmp_path / "model.safetensors")
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
 
 
 def test_two_runs_of_one_name_cannot_collide(tmp_path):
