@@ -3,6 +3,7 @@ checkpoint files, run locks, and the command-line error contract."""
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import math
 import os
 import random
@@ -248,9 +249,35 @@ def fail(message):
     sys.exit(2)
 
 
+def digest(obj):
+    """SHA-256 (hex) of nested dicts and lists of tensors and plain values, in order. Stored with
+    weights and checkpoints and checked on load: neither format notices flipped bits by itself."""
+    h = hashlib.sha256()
+
+    def walk(x):
+        if torch.is_tensor(x):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(x, dict):
+            for key, value in x.items():
+                h.update(f"K{key!r}".encode())
+                walk(value)
+        elif isinstance(x, (list, tuple)):
+            h.update(f"L{len(x)}".encode())
+            for value in x:
+                walk(value)
+        else:
+            h.update(f"V{x!r}".encode())
+    walk(obj)
+    return h.hexdigest()
+
+
 def save_weights(model, path):
-    """safetensors file of the model's parameters and buffers (shared tensors stored once)."""
-    atomic_save(lambda p: safetensors.torch.save_model(model, p), path)
+    """safetensors file of the model's parameters and buffers (shared tensors stored once), with
+    the digest of its state in the file's metadata."""
+    metadata = {"sha256": digest(model.state_dict())}
+    atomic_save(lambda p: safetensors.torch.save_model(model, p, metadata=metadata), path)
 
 
 def load_weights(model, path):
@@ -264,9 +291,23 @@ def load_weights(model, path):
         raise ValueError(f"weights file {path} is unreadable or does not fit the model config: "
                          f"{str(e).splitlines()[0][:300]}") from None
     if missing or unexpected:
-        raise ValueError(f"weights file {path} does not match the model config: "
-                         f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+        raise ValueError(f"weights file {path} does not match model_config.json beside it "
+                         f"({_some('missing', missing)}{_some('unexpected', unexpected)}): the two files must come "
+                         "from the same run; restore them from it, or train again")
+    with safetensors.safe_open(path, "pt") as f:
+        stored = (f.metadata() or {}).get("sha256")  # files written before digests were kept have none
+    if stored and stored != digest(model.state_dict()):
+        raise ValueError(f"weights file {path} is damaged: its tensors do not match the checksum saved with them; "
+                         "restore it from a backup, or train again")
     return model
+
+
+def _some(label, keys, shown=4):
+    """'missing 12 keys: a, b, c, d, ... ' (a long list of state names cut short)."""
+    if not keys:
+        return ""
+    names = sorted(keys)
+    return f"{label} {len(names)} key(s): {', '.join(names[:shown])}{', ...' if len(names) > shown else ''}; "
 
 
 def run_dir(train_cfg):

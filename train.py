@@ -137,6 +137,7 @@ def _write_rows(path, columns, rows):
 
 def _save_checkpoint(path, model, optimizer, state):
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}
+    payload["sha256"] = tools.digest(payload)  # checked on load: torch.load does not notice flipped bits
     tools.atomic_save(lambda p: torch.save(payload, p), path)
 
 
@@ -202,7 +203,13 @@ def _load_checkpoint(path, device):
     """torch.load with weights_only=True (tensors and plain containers only: a checkpoint can
     never run code), with a clear error for a damaged or foreign file."""
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(ckpt, dict):
+            raise ValueError(f"it holds a {type(ckpt).__name__}, not a dict")
+        stored = ckpt.pop("sha256", None)  # checkpoints written before digests were kept have none
+        if stored is not None and stored != tools.digest(ckpt):
+            raise ValueError("its contents do not match the checksum saved with them")
+        return ckpt
     except Exception as e:
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         if "weights_only" in str(e) or "Unsupported global" in str(e):

@@ -2,6 +2,7 @@
 configs, command lines, generation and comparison inputs, plus injected faults: damaged files,
 malicious pickles, a full disk, two runs of one name, and SIGKILL at random moments."""
 import dataclasses
+import json
 import math
 import os
 import pickle
@@ -13,7 +14,7 @@ import time
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import config
@@ -25,6 +26,7 @@ from conftest import FIXTURE_DATA, ROOT, assert_cli_error, tiny_configs
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 ANY_VALUE = st.one_of(
+    st.integers(1, 8), st.floats(0, 1), st.booleans(),  # often valid: so valid combinations are tried too
     st.integers(min_value=-10**12, max_value=10**12), st.sampled_from([0, -1, 1, 10**9, 10**7, 2**63]),
     st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.none(), st.text(max_size=12),
     st.sampled_from(["auto", "on", "off", "rope", "gpt", "mm", "cosine", "../escape", "a/b", ""]))
@@ -38,17 +40,20 @@ def assert_clear(error, *names):
     assert "invalid" in text or "must" in text or "needs" in text or "unknown" in text, text
 
 
-@FUZZ
-@given(field=st.sampled_from(FIELDS), value=ANY_VALUE)
-def test_fuzz_every_config_field(field, value):
-    """Any value of any field: a valid config or one ValueError naming the field. What passes
-    is then checked to fit in memory without allocating (huge sizes are refused, never built)."""
-    cls, name = field
+@settings(FUZZ, max_examples=400)
+@given(fields=st.dictionaries(st.sampled_from(FIELDS), ANY_VALUE, min_size=1, max_size=3))
+def test_fuzz_every_config_field(fields):
+    """Any values of any 1-3 fields at once (so also incompatible combinations): a valid config
+    or one ValueError naming a field. What passes is then checked to fit in memory without
+    allocating (huge sizes are refused, never built)."""
+    names = [name for _, name in fields]
     try:
-        model_cfg, train_cfg = config.get_preset("tiny", **{name: value})
+        model_cfg, train_cfg = config.get_preset("tiny", **{name: value for (_, name), value in fields.items()})
     except ValueError as e:
-        assert_clear(e, name, "model_type=")  # an architecture's own check may name a related field
+        assert_clear(e, *names, "model_type=")  # an architecture's own check may name a related field
+        event("refused")
         return
+    event("valid config")
     try:
         tools.check_weights_fit(model_cfg)
         tools.check_fits(tools.estimate_training_memory(model_cfg, train_cfg), torch.device("cpu"), "training", "")
@@ -68,14 +73,15 @@ def test_fuzz_json_keys(keys):
 
 
 @FUZZ
-@given(field=st.sampled_from(FIELDS), text=st.one_of(st.text(max_size=10), st.sampled_from(
-    ["nan", "inf", "-1", "0", "1e30", "10000000", "true", "maybe", "../../x"])))
-def test_fuzz_train_cli(field, text, monkeypatch, capsys):
-    """`python train.py --FIELD TEXT`: trains (here: the call is recorded) or exits 2 with one line."""
+@given(fields=st.dictionaries(st.sampled_from(FIELDS), st.one_of(st.text(max_size=10), st.sampled_from(
+    ["nan", "inf", "-1", "0", "1e30", "10000000", "true", "maybe", "../../x"])), min_size=1, max_size=3))
+def test_fuzz_train_cli(fields, monkeypatch, capsys):
+    """`python train.py --FIELD TEXT ...` (1-3 fields): trains (here: the call is recorded) or
+    exits 2 with one line."""
     calls = []
     monkeypatch.setattr(train, "train", lambda *a, **k: calls.append(a))
     try:
-        train.main(["--preset", "tiny", f"--{field[1]}", text])
+        train.main(["--preset", "tiny", *[x for (_, name), text in fields.items() for x in (f"--{name}", text)]])
     except SystemExit as e:
         assert_cli_error(e.code, capsys.readouterr().err)
         return
@@ -150,9 +156,11 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the malicious file's own protocol
 def test_malicious_and_damaged_checkpoints(tiny_run, tmp_path):
     """A pickle that would run code is refused (weights_only) and runs nothing; a truncated or
-    foreign checkpoint, weights file or config each get a clear message naming the file."""
+    bit-flipped checkpoint or weights file, weights missing a tensor or made for another
+    architecture, and a broken config each get a clear message naming the file."""
     import shutil
     run = str(tmp_path / "run")
     shutil.copytree(tiny_run, run)
@@ -167,11 +175,30 @@ def test_malicious_and_damaged_checkpoints(tiny_run, tmp_path):
     open(ckpt, "wb").write(data[: len(data) // 2])  # truncated
     with pytest.raises(ValueError, match="checkpoint.pt is damaged"):
         train.resume_run(run, progress=False)
-    weights = os.path.join(run, "model.safetensors")
-    open(weights, "wb").write(open(os.path.join(tiny_run, "model.safetensors"), "rb").read()[:100])
-    with pytest.raises(ValueError, match="model.safetensors"):
+    embedding = torch.load(os.path.join(tiny_run, "checkpoint.pt"), weights_only=True)["model"]["embed.weight"]
+    at = data.index(embedding.numpy().tobytes())  # one flipped bit in a tensor: torch.load alone would not notice
+    open(ckpt, "wb").write(data[:at] + bytes([data[at] ^ 1]) + data[at + 1:])
+    with pytest.raises(ValueError, match="checkpoint.pt is damaged.*checksum"):
+        train.resume_run(run, progress=False)
+
+    weights, good = os.path.join(run, "model.safetensors"), open(os.path.join(tiny_run, "model.safetensors"), "rb").read()
+    for damaged, match in ((good[:100], "model.safetensors is unreadable"),
+                           (good[:-1] + bytes([good[-1] ^ 1]), "model.safetensors is damaged.*checksum")):
+        open(weights, "wb").write(damaged)
+        with pytest.raises(ValueError, match=match):
+            inference.load_model(run)
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(os.path.join(tiny_run, "model.safetensors"))
+    save_file({k: v for k, v in tensors.items() if k != "final_norm.weight"}, weights)  # a key missing
+    with pytest.raises(ValueError, match="does not match model_config.json.*missing 1 key.*final_norm.weight.*same run"):
         inference.load_model(run)
-    open(os.path.join(run, "model_config.json"), "w").write('{"dim": 1')
+    shutil.copy(os.path.join(tiny_run, "model.safetensors"), weights)
+    cfg_path = os.path.join(run, "model_config.json")
+    cfg = json.loads(open(cfg_path).read())
+    open(cfg_path, "w").write(json.dumps({**cfg, "model_type": "mm", "pos_encoding": "none"}))  # another architecture
+    with pytest.raises(ValueError, match="does not match model_config.json"):
+        inference.load_model(run)
+    open(cfg_path, "w").write('{"dim": 1')
     with pytest.raises(ValueError, match="model_config.json"):
         inference.load_model(run)
 
