@@ -22,7 +22,7 @@ import inference
 import model_comparison
 import tools
 import train
-from conftest import FIXTURE_DATA, ROOT, assert_cli_error, tiny_configs
+from conftest import FIXTURE_DATA, ROOT, assert_cli_error, cli_error, tiny_configs
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 ANY_VALUE = st.one_of(
@@ -227,6 +227,29 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path):
     assert "could not write" in done.stdout and "checkpoint.pt" in done.stdout and "previous version is kept" in done.stdout
 
 
+@pytest.mark.parametrize("fault, match", [
+    ("empty train.txt", "train.txt.*holds no stories"), ("tiny train.txt", "train split of .* too few"),
+    ("non-UTF-8 train.txt", "train.txt is not UTF-8"), ("missing valid.txt", "lacks \\['valid.txt'\\]"),
+    ("missing train.txt", "lacks \\['train.txt'\\]")])
+def test_training_data_faults_name_the_file(fault, match, tmp_path, monkeypatch, capsys):
+    import shutil
+    import data
+    monkeypatch.setattr(data, "CACHE_DIR", str(tmp_path / "cache"))
+    folder = shutil.copytree(FIXTURE_DATA, tmp_path / "stories")
+    if fault == "empty train.txt":
+        (folder / "train.txt").write_text("")
+    elif fault == "tiny train.txt":
+        (folder / "train.txt").write_text("One day.\n<|endoftext|>\n")
+    elif fault == "non-UTF-8 train.txt":
+        with open(folder / "train.txt", "ab") as f:
+            f.write(b"Hello \xff\xfe world\n<|endoftext|>\n")
+    else:
+        (folder / fault.split()[1]).unlink()
+    with cli_error(capsys, match):
+        train.main(["--preset", "tiny", "--device", "cpu", "--compile", "off", "--data_dir", str(folder),
+                    "--out_dir", str(tmp_path / "out"), "--max_steps", "2", "--no_progress"])
+
+
 def _user_namespaces_work():
     import shutil
     return shutil.which("unshare") is not None and subprocess.run(
@@ -283,6 +306,27 @@ def test_two_runs_of_one_name_cannot_collide(tmp_path):
         with pytest.raises(FileExistsError, match="in use by another process"):
             train.train(cfg, train_cfg, progress=False)
     train.train(cfg, train_cfg, progress=False, overwrite=True)  # the lock is free again
+
+
+def test_two_processes_started_with_one_name(tmp_path):
+    """Two `train.py` processes of one name at once: one trains, the other stops with one error
+    line (the lock, or the finished folder if it came late), and the run equals a lone run's."""
+    from safetensors.torch import load_file
+    args = ["--preset", "tiny", "--device", "cpu", "--compile", "off", "--autocast", "off", "--data_dir", FIXTURE_DATA,
+            "--max_steps", "30", "--eval_interval", "10", "--no_progress"]
+
+    def start(out):
+        return subprocess.Popen([sys.executable, "train.py", *args, "--out_dir", str(out)], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    both = [start(tmp_path / "shared"), start(tmp_path / "shared")]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in both]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    error = next(err for code, err in results if code == 2)
+    assert_cli_error(2, error, "in use by another process|already exists")
+    alone = start(tmp_path / "alone")
+    assert alone.wait(timeout=300) == 0
+    a, b = load_file(tmp_path / "alone" / "tiny" / "model.safetensors"), load_file(tmp_path / "shared" / "tiny" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_run_names_cannot_escape_the_output_folder():
