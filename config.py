@@ -308,6 +308,9 @@ def save_json(cfg, path):
 
 def from_dict(cls, data, source="config"):
     """Build cls from a dict, rejecting unknown keys with a clear error (derived keys are ignored)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source} is invalid: must hold a JSON object of {cls.__name__} fields, "
+                         f"not a {type(data).__name__}")
     derived = {f.name for f in dataclasses.fields(cls) if not f.init}
     known = {f.name for f in _fields(cls)}
     unknown = set(data) - known - derived
@@ -316,9 +319,15 @@ def from_dict(cls, data, source="config"):
     return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def load_json(cls, path):
-    with open(path, encoding="utf-8") as f:
-        return from_dict(cls, json.load(f), source=path)
+def load_json(cls, path, **overrides):
+    """cls from a JSON file, with `overrides` replacing fields; a clear error naming the file
+    when it is not JSON (a damaged or foreign file)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            fields = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); restore it from the run, or train again") from None
+    return from_dict(cls, {**fields, **overrides} if isinstance(fields, dict) else fields, source=path)
 
 
 # --- command line --------------------------------------------------------------------------

@@ -8,7 +8,6 @@ prompt starts a story from scratch. Every Unicode string encodes (byte-level tok
 prompt longer than the context is an error; generation stops at <|endoftext|>, after
 max_new_tokens, or when the context (max_seq_len) is full, whichever comes first.
 """
-import json
 import math
 import os
 
@@ -29,12 +28,7 @@ def load_model(path=DEFAULT_MODEL, device="auto", **overrides):
     if not os.path.isfile(cfg_path):
         raise FileNotFoundError(f"no trained model at {path!r}: {cfg_path} is missing "
                                 "(train one with `python train.py --name NAME`, then pass --model trained/NAME)")
-    try:
-        with open(cfg_path, encoding="utf-8") as f:
-            fields = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
-    cfg = config.from_dict(config.ModelConfig, {**fields, **overrides}, source=cfg_path)
+    cfg = config.load_json(config.ModelConfig, cfg_path, **overrides)
     model = build_model(cfg)
     tools.load_weights(model, os.path.join(path, "model.safetensors"))
     return model.to(tools.pick_device(device)).eval(), data.load_tokenizer(cfg.tokenizer), cfg

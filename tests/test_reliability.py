@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import pathlib
 import pickle
 import random
 import signal
@@ -61,15 +62,39 @@ def test_fuzz_every_config_field(fields):
         assert "needs about" in str(e)
 
 
+MODEL_KEYS = [f.name for f in dataclasses.fields(config.ModelConfig) if f.init]
+
+
 @FUZZ
-@given(keys=st.dictionaries(st.text(min_size=1, max_size=10), ANY_VALUE, max_size=3))
-def test_fuzz_json_keys(keys):
-    """Unknown or mistyped JSON keys: one ValueError listing them and the allowed keys."""
-    data = {**config.to_dict(config.ModelConfig()), **keys}
+@given(keys=st.dictionaries(st.one_of(st.sampled_from(MODEL_KEYS), st.text(min_size=1, max_size=10)), ANY_VALUE,
+                            max_size=3),
+       dropped=st.sets(st.sampled_from(MODEL_KEYS), max_size=3),
+       replaced=st.one_of(st.none(), st.none(), st.sampled_from(["[1, 2]", '"x"', "null", "3", '{"dim": 1', ""]),
+                          st.binary(max_size=20)))
+def test_fuzz_model_config_json(keys, dropped, replaced, tiny_run, tmp_path_factory):
+    """A trained run's model_config.json with unknown, mistyped or missing keys, or replaced by
+    other JSON or bytes: the model loads (a dropped key whose default fits the weights), or one
+    ValueError naming model_config.json or model.safetensors and what is allowed."""
+    import shutil
+    run = tmp_path_factory.getbasetemp() / "json_fuzz_run"
+    if not run.exists():
+        shutil.copytree(tiny_run, run)
+    saved = json.loads((pathlib.Path(tiny_run) / "model_config.json").read_text())
+    edited = {k: v for k, v in {**saved, **keys}.items() if k not in dropped}
+    path = run / "model_config.json"
+    if replaced is None:
+        path.write_text(json.dumps(edited))
+    else:
+        path.write_bytes(replaced if isinstance(replaced, bytes) else replaced.encode())
     try:
-        config.from_dict(config.ModelConfig, data, source="model_config.json")
+        inference.load_model(str(run), device="cpu")
     except ValueError as e:
-        assert "model_config.json" in str(e) or any(k in str(e) for k in data)
+        text = str(e)
+        assert "\n" not in text.strip() and ("model_config.json" in text or "model.safetensors" in text
+                                             or any(f"{k}=" in text for k in edited)), text
+        event("refused")
+        return
+    event("loaded")
 
 
 @FUZZ
