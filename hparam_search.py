@@ -234,7 +234,8 @@ def search(study, preset, space, trials, tokens, fixed=None, workers=1, memory_l
                          "(at most one per CPU core or GPU)")
     if storage not in (None, "sqlite", "journal"):
         raise ValueError(f"storage={storage!r} is invalid: must be None, 'sqlite' or 'journal'")
-    for name, value, high in (("tokens", tokens, 1e15), ("memory_limit_gb", memory_limit_gb or 1.0, 1e6)):
+    limits = [("tokens", tokens, 1e15)] + ([("memory_limit_gb", memory_limit_gb, 1e6)] if memory_limit_gb is not None else [])
+    for name, value, high in limits:
         if not (isinstance(value, (int, float)) and 0 < value <= high):  # also refuses NaN
             raise ValueError(f"{name}={value!r} is invalid: must be a number > 0 and <= {high:g}")
     storage = storage or ("journal" if workers > 1 else "sqlite")

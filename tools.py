@@ -303,7 +303,7 @@ def load_weights(model, path):
 
 
 def _some(label, keys, shown=4):
-    """'missing 12 keys: a, b, c, d, ... ' (a long list of state names cut short)."""
+    """'missing 12 key(s): a, b, c, d, ...; ' (a long list of state names cut short)."""
     if not keys:
         return ""
     names = sorted(keys)
