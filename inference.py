@@ -30,7 +30,13 @@ def load_model(path=DEFAULT_MODEL, device="auto", **overrides):
                                 "(train one with `python train.py --name NAME`, then pass --model trained/NAME)")
     cfg = config.load_json(config.ModelConfig, cfg_path, **overrides)
     model = build_model(cfg)
-    tools.load_weights(model, os.path.join(path, "model.safetensors"))
+    try:
+        tools.load_weights(model, os.path.join(path, "model.safetensors"))
+    except ValueError as e:
+        if not overrides:
+            raise
+        raise ValueError(f"the overrides {overrides} change the model's shape, so the trained weights do not fit: "
+                         f"{e}") from None
     return model.to(tools.pick_device(device)).eval(), data.load_tokenizer(cfg.tokenizer), cfg
 
 

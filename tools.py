@@ -288,12 +288,16 @@ def load_weights(model, path):
     try:
         missing, unexpected = safetensors.torch.load_model(model, path, strict=False)
     except Exception as e:
-        raise ValueError(f"weights file {path} is unreadable or does not fit the model config: "
-                         f"{str(e).splitlines()[0][:300]}") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        mismatches = [line for line in lines if "mismatch" in line]  # torch: "size mismatch for NAME: ..."
+        reason = mismatches[0][:300] + (f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else "") \
+            if mismatches else lines[0][:300]
+        raise ValueError(f"weights file {path} is unreadable or does not fit model_config.json beside it: {reason}") from None
     if missing or unexpected:
-        raise ValueError(f"weights file {path} does not match model_config.json beside it "
-                         f"({_some('missing', missing)}{_some('unexpected', unexpected)}): the two files must come "
-                         "from the same run; restore them from it, or train again")
+        differences = "; ".join(_some(label, keys) for label, keys in (("missing", missing), ("unexpected", unexpected))
+                                if keys)
+        raise ValueError(f"weights file {path} does not match model_config.json beside it ({differences}): the two "
+                         "files must come from the same run; restore them from it, or train again")
     with safetensors.safe_open(path, "pt") as f:
         stored = (f.metadata() or {}).get("sha256")  # files written before digests were kept have none
     if stored and stored != digest(model.state_dict()):
@@ -303,11 +307,9 @@ def load_weights(model, path):
 
 
 def _some(label, keys, shown=4):
-    """'missing 12 key(s): a, b, c, d, ...; ' (a long list of state names cut short)."""
-    if not keys:
-        return ""
+    """'missing 12 key(s): a, b, c, d, ...' (a long list of state names cut short)."""
     names = sorted(keys)
-    return f"{label} {len(names)} key(s): {', '.join(names[:shown])}{', ...' if len(names) > shown else ''}; "
+    return f"{label} {len(names)} key(s): {', '.join(names[:shown])}{', ...' if len(names) > shown else ''}"
 
 
 def run_dir(train_cfg):

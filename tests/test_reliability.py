@@ -152,6 +152,13 @@ def test_inference_cli_errors(argv, tiny_run, capsys):
     assert_cli_error(e.value.code, capsys.readouterr().err)
 
 
+def test_overrides_that_change_the_shape_say_so(tiny_run):
+    with pytest.raises(ValueError, match=r"overrides \{'dim': 64\} change the model's shape.*size mismatch for embed"):
+        inference.load_model(tiny_run, device="cpu", dim=64)
+    with pytest.raises(ValueError, match=r"overrides \{'num_layers': 3\}.*missing \d+ key\(s\): layers\.2\."):
+        inference.load_model(tiny_run, device="cpu", num_layers=3)
+
+
 def test_damaged_logs_and_missing_runs_in_comparison(tiny_run, tmp_path, capsys):
     """model_comparison.py on missing runs, empty / header-only / cut / foreign logs: exit 2, one line."""
     import shutil
