@@ -50,6 +50,8 @@ def parse_space(items):
         try:
             if kind in ("log", "float", "int"):
                 low, high = (float(v) for v in rest.split(":"))
+                if not (math.isfinite(low) and math.isfinite(high)):
+                    raise ValueError
                 if kind == "int":
                     low, high = int(low), int(high)
                 if not low < high or (kind == "log" and low <= 0):
@@ -64,8 +66,8 @@ def parse_space(items):
             else:
                 raise ValueError
         except (ValueError, TypeError, argparse.ArgumentTypeError):  # the last from config._parse_bool
-            raise ValueError(f"--space {item!r} is invalid: use NAME=log:LOW:HIGH (LOW > 0), NAME=float:LOW:HIGH, "
-                             "NAME=int:LOW:HIGH (LOW < HIGH) or NAME=choice:A,B,...") from None
+            raise ValueError(f"--space {item!r} is invalid: use NAME=log:LOW:HIGH (LOW > 0), NAME=float:LOW:HIGH or "
+                             "NAME=int:LOW:HIGH (finite numbers, LOW < HIGH), or NAME=choice:A,B,...") from None
     return space
 
 

@@ -59,7 +59,9 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, min_p=None, gen
     logits = logits.float()
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    # largest logit shifted to 0 first: a tiny temperature then sends the others to -inf
+    # (probability 0), never to inf/NaN; the float32 floor keeps 0 / temperature at 0
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / max(temperature, torch.finfo(torch.float32).tiny)
     if top_k is not None and top_k < logits.size(-1):
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

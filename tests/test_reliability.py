@@ -117,7 +117,7 @@ def test_fuzz_train_cli(fields, monkeypatch, capsys):
 @given(prompts=st.one_of(st.lists(st.text(max_size=30), max_size=4), st.just([]), st.just("a string"),
                          st.just(["\udcff broken"]), st.just(["word " * 200])),
        max_new_tokens=st.one_of(st.integers(-2, 5), st.just(10**9), st.just(2.5)),
-       temperature=st.one_of(st.floats(-1, 3), st.just(math.nan), st.just(math.inf)),
+       temperature=st.one_of(st.floats(-1, 3), st.sampled_from([math.nan, math.inf, 5e-324, 1e-49, 1e308])),
        top_k=st.one_of(st.none(), st.integers(-1, 5000), st.just(1.5)),
        top_p=st.one_of(st.none(), st.floats(-0.5, 1.5), st.just(math.nan)),
        min_p=st.one_of(st.none(), st.floats(-0.5, 1.5)))
@@ -131,6 +131,14 @@ def test_fuzz_generate(tiny_run, prompts, max_new_tokens, temperature, top_k, to
         assert_clear(e, "prompt", "max_new_tokens", "temperature", "top_k", "top_p", "min_p", "max_seq_len")
         return
     assert len(out) == len(prompts) and all(isinstance(t, str) for t in out)
+
+
+def test_tiny_temperatures_sample_the_most_likely_token():
+    """The limit temperature -> 0 is greedy, down to subnormal floats (found by fuzzing: 1e-49
+    overflowed the scaled logits to inf and the probabilities to NaN)."""
+    logits = torch.randn(4, 50) * 10
+    for temperature in (1e-30, 1e-49, 5e-324):
+        assert torch.equal(inference.sample_next(logits, temperature), logits.argmax(dim=-1))
 
 
 _loaded = {}
