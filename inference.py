@@ -69,7 +69,9 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, min_p=None, gen
     if top_p is not None and top_p < 1:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        drop = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, mass_before >= top_p)
+        drop_sorted = mass_before >= top_p
+        drop_sorted[:, 0] = False  # the most likely token always stays (a top_p that rounds to 0 in float32)
+        drop = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, drop_sorted)
         probs = probs.masked_fill(drop, 0.0)
     if min_p is not None:
         probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)

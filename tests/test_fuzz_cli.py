@@ -26,7 +26,7 @@ def fuzz(examples):
 INT_TEXT = st.one_of(st.integers(-3, 6).map(str),
                      st.sampled_from(["0", "10000000000", str(2**70), "-99", "1.5", "x", "", "nan", " 3"]))
 FLOAT_TEXT = st.one_of(st.floats(-2, 3).map(repr),
-                       st.sampled_from(["nan", "inf", "-inf", "1e308", "1e-49", "5e-324", "-0.0", "x", "", "1,5"]))
+                       st.sampled_from(["nan", "inf", "-inf", "1e308", "1e-49", "1e-94", "5e-324", "-0.0", "x", "", "1,5"]))
 ANY_TEXT = st.one_of(st.text(max_size=12), INT_TEXT, FLOAT_TEXT,
                      st.sampled_from(["\udcff", "../x", "a/b", "auto", "rope", "mm", "char", "true"]))
 MODEL_FIELDS = [f.name for f in dataclasses.fields(config.ModelConfig) if f.init]

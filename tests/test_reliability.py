@@ -119,7 +119,7 @@ def test_fuzz_train_cli(fields, monkeypatch, capsys):
        max_new_tokens=st.one_of(st.integers(-2, 5), st.just(10**9), st.just(2.5)),
        temperature=st.one_of(st.floats(-1, 3), st.sampled_from([math.nan, math.inf, 5e-324, 1e-49, 1e308])),
        top_k=st.one_of(st.none(), st.integers(-1, 5000), st.just(1.5)),
-       top_p=st.one_of(st.none(), st.floats(-0.5, 1.5), st.just(math.nan)),
+       top_p=st.one_of(st.none(), st.floats(-0.5, 1.5), st.sampled_from([math.nan, 1e-94, 5e-324])),
        min_p=st.one_of(st.none(), st.floats(-0.5, 1.5)))
 def test_fuzz_generate(tiny_run, prompts, max_new_tokens, temperature, top_k, top_p, min_p):
     """Any prompts and sampling arguments: continuations, or one ValueError naming the argument."""
@@ -133,12 +133,14 @@ def test_fuzz_generate(tiny_run, prompts, max_new_tokens, temperature, top_k, to
     assert len(out) == len(prompts) and all(isinstance(t, str) for t in out)
 
 
-def test_tiny_temperatures_sample_the_most_likely_token():
-    """The limit temperature -> 0 is greedy, down to subnormal floats (found by fuzzing: 1e-49
-    overflowed the scaled logits to inf and the probabilities to NaN)."""
+def test_tiny_temperatures_and_top_p_sample_the_most_likely_token():
+    """The limits temperature -> 0 and top_p -> 0 are greedy, down to subnormal floats (found by
+    fuzzing: temperature 1e-49 made the probabilities NaN; top_p 1e-94 dropped every token)."""
     logits = torch.randn(4, 50) * 10
     for temperature in (1e-30, 1e-49, 5e-324):
         assert torch.equal(inference.sample_next(logits, temperature), logits.argmax(dim=-1))
+    for top_p in (1e-30, 1e-94, 5e-324):  # ... and so is top_p -> 0 (1e-94 rounds to 0 in float32: nothing was kept)
+        assert torch.equal(inference.sample_next(logits, 1.0, top_p=top_p), logits.argmax(dim=-1))
 
 
 _loaded = {}
