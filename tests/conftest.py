@@ -18,6 +18,17 @@ needs_shared_data = pytest.mark.skipif(
     reason=f"TinyStories text not found at {SHARED_DATA} (set MMS_DATA_DIR to a folder with train.txt/valid.txt)")
 
 
+FUZZ_SCALE = float(os.environ.get("MMS_FUZZ_SCALE", "1"))
+
+
+def fuzz(examples):
+    """hypothesis settings for the fuzz tests: `examples` inputs from fixed seeds (the same every
+    run), or with MMS_FUZZ_SCALE=10 ten times as many from fresh random seeds (a deeper search)."""
+    from hypothesis import HealthCheck, settings
+    return settings(max_examples=max(1, int(examples * FUZZ_SCALE)), deadline=None,
+                    suppress_health_check=list(HealthCheck), derandomize=FUZZ_SCALE == 1, database=None)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ import os
 import shutil
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 import config
@@ -16,11 +16,7 @@ import inference
 import model_comparison
 import train
 from momem import people
-from conftest import FIXTURE_DATA, assert_cli_error, tiny_configs
-
-
-def fuzz(examples):
-    return settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+from conftest import FIXTURE_DATA, assert_cli_error, fuzz, tiny_configs
 
 
 INT_TEXT = st.one_of(st.integers(-3, 6).map(str),

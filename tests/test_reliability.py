@@ -15,7 +15,7 @@ import time
 
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 import config
@@ -23,9 +23,8 @@ import inference
 import model_comparison
 import tools
 import train
-from conftest import FIXTURE_DATA, ROOT, assert_cli_error, cli_error, tiny_configs
+from conftest import FIXTURE_DATA, ROOT, assert_cli_error, cli_error, fuzz, tiny_configs
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 ANY_VALUE = st.one_of(
     st.integers(1, 8), st.floats(0, 1), st.booleans(),  # often valid: so valid combinations are tried too
     st.integers(min_value=-10**12, max_value=10**12), st.sampled_from([0, -1, 1, 10**9, 10**7, 2**63]),
@@ -41,7 +40,7 @@ def assert_clear(error, *names):
     assert "invalid" in text or "must" in text or "needs" in text or "unknown" in text, text
 
 
-@settings(FUZZ, max_examples=400)
+@fuzz(400)
 @given(fields=st.dictionaries(st.sampled_from(FIELDS), ANY_VALUE, min_size=1, max_size=3))
 def test_fuzz_every_config_field(fields):
     """Any values of any 1-3 fields at once (so also incompatible combinations): a valid config
@@ -65,7 +64,7 @@ def test_fuzz_every_config_field(fields):
 MODEL_KEYS = [f.name for f in dataclasses.fields(config.ModelConfig) if f.init]
 
 
-@FUZZ
+@fuzz(150)
 @given(keys=st.dictionaries(st.one_of(st.sampled_from(MODEL_KEYS), st.text(min_size=1, max_size=10)), ANY_VALUE,
                             max_size=3),
        dropped=st.sets(st.sampled_from(MODEL_KEYS), max_size=3),
@@ -97,7 +96,7 @@ def test_fuzz_model_config_json(keys, dropped, replaced, tiny_run, tmp_path_fact
     event("loaded")
 
 
-@FUZZ
+@fuzz(150)
 @given(fields=st.dictionaries(st.sampled_from(FIELDS), st.one_of(st.text(max_size=10), st.sampled_from(
     ["nan", "inf", "-1", "0", "1e30", "10000000", "true", "maybe", "../../x"])), min_size=1, max_size=3))
 def test_fuzz_train_cli(fields, monkeypatch, capsys):
@@ -113,7 +112,7 @@ def test_fuzz_train_cli(fields, monkeypatch, capsys):
     assert len(calls) == 1
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@fuzz(120)
 @given(prompts=st.one_of(st.lists(st.text(max_size=30), max_size=4), st.just([]), st.just("a string"),
                          st.just(["\udcff broken"]), st.just(["word " * 200])),
        max_new_tokens=st.one_of(st.integers(-2, 5), st.just(10**9), st.just(2.5)),
