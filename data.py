@@ -257,10 +257,12 @@ class TinyStories:
 
     def describe(self):
         """Reads both splits (so a fault in either shows before training starts) and says what is used."""
-        if len(self.train_data.tokens) <= self.seq_len + 1:
-            raise ValueError(f"the train split of {self.data_dir or os.environ.get('MMS_DATA_DIR') or HUB_DATASET} "
-                             f"has {len(self.train_data.tokens)} tokens, too few for one window of "
-                             f"max_seq_len={self.seq_len} (+1); use more text or a shorter max_seq_len")
+        data_dir = resolve_data_dir(self.data_dir)
+        for split, split_data in (("train", self.train_data), ("valid", self.valid_data)):
+            if len(split_data.tokens) <= self.seq_len + 1:
+                source = os.path.join(data_dir, SPLIT_FILES[split]) if data_dir else f"{HUB_DATASET} ({split})"
+                raise ValueError(f"{source} has {len(split_data.tokens)} tokens, too few for one window of "
+                                 f"max_seq_len={self.seq_len} (+1); use more text or a shorter max_seq_len")
         return f"{len(self.validation[0])} validation windows of {self.seq_len} tokens"
 
     def train_batch(self, batch_size, generator):

@@ -267,7 +267,7 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("fault, match", [
-    ("empty train.txt", "train.txt.*holds no stories"), ("tiny train.txt", "train split of .* too few"),
+    ("empty train.txt", "train.txt.*holds no stories"), ("tiny train.txt", "train.txt has 4 tokens, too few"),
     ("non-UTF-8 train.txt", "train.txt is not UTF-8"), ("missing valid.txt", "lacks \\['valid.txt'\\]"),
     ("missing train.txt", "lacks \\['train.txt'\\]")])
 def test_training_data_faults_name_the_file(fault, match, tmp_path, monkeypatch, capsys):
@@ -286,6 +286,36 @@ def test_training_data_faults_name_the_file(fault, match, tmp_path, monkeypatch,
     with cli_error(capsys, match):
         train.main(["--preset", "tiny", "--device", "cpu", "--compile", "off", "--data_dir", str(folder),
                     "--out_dir", str(tmp_path / "out"), "--max_steps", "2", "--no_progress"])
+
+
+STORY = "Tom had a red ball. He threw it to his dog, and the dog ran after it all day."
+SPLIT_TEXT = st.one_of(
+    st.text(max_size=200), st.binary(max_size=200),
+    st.lists(st.sampled_from([STORY, STORY * 8, "", " ", "<|endoftext|>", "\u00e9\u4e2d\U0001f600", "\x00"]),
+             max_size=12).map("\n<|endoftext|>\n".join))
+
+
+@fuzz(80)
+@given(train_text=SPLIT_TEXT, valid_text=SPLIT_TEXT)
+def test_fuzz_training_data(train_text, valid_text, tmp_path_factory, monkeypatch):
+    """Any train.txt and valid.txt (empty, tiny, random text or bytes, stories with and without
+    separators): the dataset is ready to train, or one error naming the file at fault."""
+    import data
+    folder = tmp_path_factory.mktemp("corpus")
+    monkeypatch.setattr(data, "CACHE_DIR", str(folder / "cache"))
+    for name, text in (("train.txt", train_text), ("valid.txt", valid_text)):
+        (folder / name).write_bytes(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass"))
+    model_cfg, train_cfg = tiny_configs(data_dir=str(folder))
+    try:
+        dataset = data.get_dataset(model_cfg, train_cfg)
+        dataset.describe()
+    except ValueError as e:
+        assert "\n" not in str(e).strip() and ("train.txt" in str(e) or "valid.txt" in str(e)), e
+        event("refused")
+        return
+    batch = dataset.train_batch(2, torch.Generator().manual_seed(0))
+    assert batch["tokens"].shape == (2, model_cfg.max_seq_len) and len(list(dataset.val_batches(4))) >= 1
+    event("ready to train")
 
 
 def _can_mount_tmpfs():
