@@ -1,6 +1,7 @@
 """Bad input gets one clear error; a crash loses nothing. Property-based fuzzing (hypothesis) of
-configs, command lines, generation and comparison inputs, plus injected faults: damaged files,
-malicious pickles, a full disk, two runs of one name, and SIGKILL at random moments."""
+configs, config files, the train command line, generation and training data (the other command
+lines: test_fuzz_cli.py), plus injected faults: damaged files, malicious pickles, a full disk,
+two runs of one name, and SIGKILL at random moments."""
 import dataclasses
 import json
 import math
