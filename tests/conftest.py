@@ -1,4 +1,5 @@
 import contextlib
+import dataclasses
 import math
 import os
 import re
@@ -9,6 +10,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import config  # noqa: E402  (after ROOT is on the path)
 
 FIXTURE_DATA = os.path.join(ROOT, "tests", "fixtures", "stories")
 SHARED_DATA = os.environ.get("MMS_DATA_DIR") or os.path.join(ROOT, "..", "shared", "data", "tinystories")
@@ -18,6 +20,11 @@ needs_shared_data = pytest.mark.skipif(
     reason=f"TinyStories text not found at {SHARED_DATA} (set MMS_DATA_DIR to a folder with train.txt/valid.txt)")
 
 
+MODEL_FIELDS = [f.name for f in dataclasses.fields(config.ModelConfig) if f.init]
+TRAIN_FIELDS = [f.name for f in dataclasses.fields(config.TrainConfig) if f.init]
+# train.py on the tiny preset and the fixture stories, on the CPU, as the subprocess tests run it
+TINY_TRAIN_ARGS = ["--preset", "tiny", "--device", "cpu", "--compile", "off", "--autocast", "off",
+                   "--data_dir", FIXTURE_DATA, "--no_progress"]
 FUZZ_SCALE = float(os.environ.get("MMS_FUZZ_SCALE", "1"))
 
 
@@ -96,6 +103,21 @@ def assert_cli_error(code, stderr, match=""):
     lines = stderr.strip().splitlines()
     assert code == 2 and lines and lines[-1].startswith("error: ") and re.search(match, lines[-1]), (code, stderr)
     assert sum(line.startswith("error: ") for line in lines) == 1, stderr
+
+
+def run_cli(main, argv, capsys):
+    """Run a CLI's main(argv): True when it succeeded, False after the error contract held (the
+    outcome is counted in hypothesis's statistics)."""
+    from hypothesis import event
+    try:
+        main(argv)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            assert_cli_error(e.code, capsys.readouterr().err)
+            event("refused with one error line")
+            return False
+    event("succeeded")
+    return True
 
 
 @contextlib.contextmanager

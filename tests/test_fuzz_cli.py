@@ -2,7 +2,6 @@
 and python -m momem. Whatever the arguments, the only outcomes are success or exit code 2 after
 one `error: ...` line; any other exception or exit fails the test. Work that would take minutes
 (a sweep's trials, training) is replaced by a recorder once every check before it has run."""
-import dataclasses
 import os
 import shutil
 
@@ -10,13 +9,12 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-import config
 import hparam_search
 import inference
 import model_comparison
 import train
 from momem import people
-from conftest import FIXTURE_DATA, assert_cli_error, fuzz, tiny_configs
+from conftest import FIXTURE_DATA, MODEL_FIELDS, TRAIN_FIELDS, fuzz, run_cli, tiny_configs
 
 
 INT_TEXT = st.one_of(st.integers(-3, 6).map(str),
@@ -25,27 +23,12 @@ FLOAT_TEXT = st.one_of(st.floats(-2, 3).map(repr),
                        st.sampled_from(["nan", "inf", "-inf", "1e308", "1e-49", "1e-94", "5e-324", "-0.0", "x", "", "1,5"]))
 ANY_TEXT = st.one_of(st.text(max_size=12), INT_TEXT, FLOAT_TEXT,
                      st.sampled_from(["\udcff", "../x", "a/b", "auto", "rope", "mm", "char", "true"]))
-MODEL_FIELDS = [f.name for f in dataclasses.fields(config.ModelConfig) if f.init]
-TRAIN_FIELDS = [f.name for f in dataclasses.fields(config.TrainConfig) if f.init]
 
 
 def options(choices):
     """argv of 0-3 `--name value` pairs drawn from {name: strategy of the value's text}."""
     pair = st.sampled_from(sorted(choices)).flatmap(lambda name: choices[name].map(lambda v: [name, v]))
     return st.lists(pair, max_size=3).map(lambda pairs: [x for p in pairs for x in p])
-
-
-def run_cli(main, argv, capsys):
-    """Run a CLI's main(argv): True when it succeeded, False after the error contract held."""
-    try:
-        main(argv)
-    except SystemExit as e:
-        if e.code not in (0, None):
-            assert_cli_error(e.code, capsys.readouterr().err)
-            event("refused with one error line")
-            return False
-    event("succeeded")
-    return True
 
 
 # --- inference.py ------------------------------------------------------------------------

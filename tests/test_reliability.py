@@ -2,7 +2,6 @@
 configs, config files, the train command line, generation and training data (the other command
 lines: test_fuzz_cli.py), plus injected faults: damaged files, malicious pickles, a full disk,
 two runs of one name, and SIGKILL at random moments."""
-import dataclasses
 import json
 import math
 import os
@@ -25,14 +24,15 @@ import inference
 import model_comparison
 import tools
 import train
-from conftest import FIXTURE_DATA, ROOT, assert_cli_error, cli_error, fuzz, tiny_configs
+from conftest import (FIXTURE_DATA, MODEL_FIELDS, ROOT, TINY_TRAIN_ARGS, TRAIN_FIELDS, assert_cli_error, cli_error,
+                      fuzz, run_cli, tiny_configs)
 
 ANY_VALUE = st.one_of(
     st.integers(1, 8), st.floats(0, 1),  # often valid: so valid combinations are tried too
     st.integers(min_value=-10**12, max_value=10**12), st.sampled_from([0, -1, 1, 10**9, 10**7, 2**63]),
     st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.none(), st.text(max_size=12),
     st.sampled_from(["auto", "on", "off", "rope", "gpt", "mm", "cosine", "../escape", "a/b", ""]))
-FIELDS = [(cls, f.name) for cls in (config.ModelConfig, config.TrainConfig) for f in dataclasses.fields(cls) if f.init]
+FIELDS = MODEL_FIELDS + TRAIN_FIELDS
 
 
 def assert_clear(error, *names):
@@ -48,11 +48,10 @@ def test_fuzz_every_config_field(fields):
     """Any values of any 1-3 fields at once (so also incompatible combinations): a valid config
     or one ValueError naming a field. What passes is then checked to fit in memory without
     allocating (huge sizes are refused, never built)."""
-    names = [name for _, name in fields]
     try:
-        model_cfg, train_cfg = config.get_preset("tiny", **{name: value for (_, name), value in fields.items()})
+        model_cfg, train_cfg = config.get_preset("tiny", **fields)
     except ValueError as e:
-        assert_clear(e, *names, "model_type=")  # an architecture's own check may name a related field
+        assert_clear(e, *fields, "model_type=")  # an architecture's own check may name a related field
         event("refused")
         return
     event("valid config")
@@ -63,13 +62,10 @@ def test_fuzz_every_config_field(fields):
         assert "needs about" in str(e)
 
 
-MODEL_KEYS = [f.name for f in dataclasses.fields(config.ModelConfig) if f.init]
-
-
 @fuzz(150)
-@given(keys=st.dictionaries(st.one_of(st.sampled_from(MODEL_KEYS), st.text(min_size=1, max_size=10)), ANY_VALUE,
+@given(keys=st.dictionaries(st.one_of(st.sampled_from(MODEL_FIELDS), st.text(min_size=1, max_size=10)), ANY_VALUE,
                             max_size=3),
-       dropped=st.sets(st.sampled_from(MODEL_KEYS), max_size=3),
+       dropped=st.sets(st.sampled_from(MODEL_FIELDS), max_size=3),
        replaced=st.one_of(st.none(), st.none(), st.sampled_from(["[1, 2]", '"x"', "null", "3", '{"dim": 1', ""]),
                           st.binary(max_size=20)))
 def test_fuzz_model_config_json(keys, dropped, replaced, tiny_run, tmp_path_factory):
@@ -105,12 +101,9 @@ def test_fuzz_train_cli(fields, monkeypatch, capsys):
     exits 2 with one line."""
     calls = []
     monkeypatch.setattr(train, "train", lambda *a, **k: calls.append(a))
-    try:
-        train.main(["--preset", "tiny", *[x for (_, name), text in fields.items() for x in (f"--{name}", text)]])
-    except SystemExit as e:
-        assert_cli_error(e.code, capsys.readouterr().err)
-        return
-    assert len(calls) == 1
+    if run_cli(train.main, ["--preset", "tiny", *[x for name, text in fields.items() for x in (f"--{name}", text)]],
+               capsys):
+        assert len(calls) == 1
 
 
 @fuzz(120)
@@ -157,9 +150,8 @@ def load_cached(run):
                                   ["--max_new_tokens", "abc"], ["--model", "/nonexistent"], ["--bogus"]])
 def test_inference_cli_errors(argv, tiny_run, capsys):
     argv = argv if "--model" in argv else ["--model", tiny_run, *argv]
-    with pytest.raises(SystemExit) as e:
+    with cli_error(capsys, ""):
         inference.main(argv)
-    assert_cli_error(e.value.code, capsys.readouterr().err)
 
 
 def test_overrides_that_change_the_shape_say_so(tiny_run):
@@ -184,9 +176,8 @@ def test_damaged_logs_and_missing_runs_in_comparison(tiny_run, tmp_path, capsys)
             tools.read_log(str(run))
         assert "log_data.csv" in str(e.value)
     for argv in (["/no/such/run"], [str(tmp_path / "empty")], [tiny_run, "--topk", "0"]):
-        with pytest.raises(SystemExit) as e:
+        with cli_error(capsys, ""):
             model_comparison.main([*argv, "--out", str(tmp_path / "cmp")])
-        assert_cli_error(e.value.code, capsys.readouterr().err)
 
 
 class _Payload:
@@ -285,8 +276,7 @@ def test_training_data_faults_name_the_file(fault, match, tmp_path, monkeypatch,
     else:
         (folder / fault.split()[1]).unlink()
     with cli_error(capsys, match):
-        train.main(["--preset", "tiny", "--device", "cpu", "--compile", "off", "--data_dir", str(folder),
-                    "--out_dir", str(tmp_path / "out"), "--max_steps", "2", "--no_progress"])
+        train.main([*TINY_TRAIN_ARGS, "--data_dir", str(folder), "--out_dir", str(tmp_path / "out"), "--max_steps", "2"])
 
 
 STORY = "Tom had a red ball. He threw it to his dog, and the dog ran after it all day."
@@ -348,8 +338,8 @@ def test_disk_full_on_a_small_tmpfs_then_resume(tmp_path):
     space freed (the tmpfs grown), the run resumes and ends with the weights of an
     uninterrupted run, bit for bit."""
     from safetensors.torch import load_file
-    args = (f"--preset tiny --device cpu --compile off --autocast off --data_dir {FIXTURE_DATA} --max_steps 20 "
-            "--eval_interval 10 --checkpoint_interval 10 --batch_size 8 --eval_tokens 2048 --no_progress")
+    args = " ".join(TINY_TRAIN_ARGS) + " --max_steps 20 --eval_interval 10 --checkpoint_interval 10 --batch_size 8 " \
+        "--eval_tokens 2048"
     done = subprocess.run([sys.executable, "train.py", *args.split(), "--out_dir", str(tmp_path / "ref")], cwd=ROOT,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -385,8 +375,7 @@ def test_two_processes_started_with_one_name(tmp_path):
     """Two `train.py` processes of one name at once: one trains, the other stops with one error
     line (the lock, or the finished folder if it came late), and the run equals a lone run's."""
     from safetensors.torch import load_file
-    args = ["--preset", "tiny", "--device", "cpu", "--compile", "off", "--autocast", "off", "--data_dir", FIXTURE_DATA,
-            "--max_steps", "30", "--eval_interval", "10", "--no_progress"]
+    args = [*TINY_TRAIN_ARGS, "--max_steps", "30", "--eval_interval", "10"]
 
     def start(out):
         return subprocess.Popen([sys.executable, "train.py", *args, "--out_dir", str(out)], cwd=ROOT,
