@@ -29,10 +29,9 @@ import torch
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from config import ROOT, TOKENIZER_DIR
-from metrics import IGNORE_INDEX  # noqa: F401  (targets that take no loss)
+import tools
+from config import EOT_ID, IGNORE_INDEX, PAD_ID, ROOT, TOKENIZER_DIR  # noqa: F401  (the token ids, here for data users)
 
-EOT_ID, PAD_ID = 0, 1  # the same in every tokenizer built by tokenizers/build.py
 SEPARATOR = "<|endoftext|>"
 HUB_DATASET = "roneneldan/TinyStories"
 CHUNK_CHARS = 1 << 24      # characters of a local split read at a time while preparing it
@@ -116,12 +115,9 @@ class TokenData:
         return len(self.tokens) / self.num_chars
 
 
-def _atomic_write(path, write):
-    """write(file) into a temporary file, then rename it onto path (no half-written cache)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+def _write_file(path, write):
+    with open(path, "wb") as f:
         write(f)
-    os.replace(tmp, path)
 
 
 def _hash_file(key, path, block=1 << 24):
@@ -189,9 +185,9 @@ def get_token_data(split, tokenizer_name, data_dir=""):
     if not (os.path.exists(stem + ".json") and os.path.exists(stem + ".bin")):
         os.makedirs(CACHE_DIR, exist_ok=True)
         write, counts = (_write_local if data_dir else _write_hub), []
-        _atomic_write(stem + ".bin", lambda f: counts.extend(write(f, source, tokenizer)))
+        tools.atomic_save(lambda p: _write_file(p, lambda f: counts.extend(write(f, source, tokenizer))), stem + ".bin")
         meta = dict(zip(("tokens", "stories", "num_chars"), counts), dtype=np.dtype(_token_dtype(tokenizer)).name)
-        _atomic_write(stem + ".json", lambda f: f.write(json.dumps(meta).encode()))
+        tools.atomic_save(lambda p: _write_file(p, lambda f: f.write(json.dumps(meta).encode())), stem + ".json")
     with open(stem + ".json") as f:
         meta = json.load(f)
     if meta["tokens"] == 0:
@@ -293,7 +289,18 @@ DATASETS = {
 }
 
 
+def dataset_class(name):
+    """The class TrainConfig.dataset names: a key of DATASETS, or "package.module:Class"."""
+    path = DATASETS.get(name, name)
+    module, _, cls = path.partition(":")
+    if not cls:
+        raise ValueError(f"dataset={name!r} is invalid: must be one of {list(DATASETS)} or 'package.module:Class'")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"dataset={name!r} is invalid: {path} cannot be imported ({e})") from None
+
+
 def get_dataset(model_cfg, train_cfg):
     """The dataset TrainConfig.dataset names, built for these configs."""
-    module, _, cls = DATASETS[train_cfg.dataset].partition(":")
-    return getattr(importlib.import_module(module), cls)(model_cfg, train_cfg)
+    return dataset_class(train_cfg.dataset)(model_cfg, train_cfg)

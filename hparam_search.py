@@ -7,7 +7,7 @@
 
 A trial is a normal run folder, trained/sweeps/STUDY/trial_NNNN (so model_comparison.py and
 inference.py read it), trained on `tokens` tokens. Before a trial is built, its memory is
-estimated (`tools.estimate_training_memory`) and compared with the device's free memory (CUDA) or a limit
+estimated (`modules.estimate_training_memory`) and compared with the device's free memory (CUDA) or a limit
 (CPU: 80% of the machine's available memory unless --memory_limit_gb); a config over it is
 pruned with the estimate in the trial's attributes. A config the sandbox rejects (heads not
 dividing dim, ...) is pruned with the config's own message. Each trial then trains in a child
@@ -30,6 +30,7 @@ import subprocess
 import sys
 
 import config
+import presets
 
 SWEEPS = os.path.join(config.ROOT, "trained", "sweeps")
 OOM_EXIT = 3  # a trial's child process exits with this after an out-of-memory error
@@ -96,9 +97,9 @@ def default_memory_limit(device):
 def trial_configs(preset, base_overrides, values, tokens, study_dir, number):
     """(ModelConfig, TrainConfig) of a trial: the preset, the fixed overrides, the trial's values,
     max_steps from the token budget and the run folder STUDY_DIR/trial_NNNN."""
-    model_cfg, train_cfg = config.get_preset(preset, **{**base_overrides, **values})
+    model_cfg, train_cfg = presets.get_preset(preset, **{**base_overrides, **values})
     steps = max(1, math.ceil(tokens / (train_cfg.batch_size * train_cfg.grad_accum_steps * model_cfg.max_seq_len)))
-    return config.get_preset(preset, **{**base_overrides, **values, "max_steps": steps,
+    return presets.get_preset(preset, **{**base_overrides, **values, "max_steps": steps,
                                         "out_dir": study_dir, "name": f"trial_{number:04d}"})
 
 
@@ -143,6 +144,7 @@ class Objective:
     def __call__(self, trial):
         import optuna
         import pandas as pd
+        import modules
         import tools
         args = self.args
         values = suggest(trial, self.space)
@@ -152,7 +154,7 @@ class Objective:
         except ValueError as e:  # the sandbox's own message, e.g. "num_q_heads=3 is invalid: ..."
             trial.set_user_attr("error", str(e))
             raise optuna.TrialPruned(f"invalid config: {e}")
-        estimate = tools.estimate_training_memory(model_cfg, train_cfg)
+        estimate = modules.estimate_training_memory(model_cfg, train_cfg)
         trial.set_user_attr("memory_estimate_gb", round(estimate / 2**30, 3))
         trial.set_user_attr("run", os.path.relpath(os.path.join(train_cfg.out_dir, train_cfg.name), config.ROOT))
         if estimate > self.memory_limit:
@@ -242,7 +244,7 @@ def search(study, preset, space, trials, tokens, fixed=None, workers=1, memory_l
             raise ValueError(f"{name}={value!r} is invalid: must be a number > 0 and <= {high:g}")
     storage = storage or ("journal" if workers > 1 else "sqlite")
     space = parse_space(space) if isinstance(space, (list, tuple)) else space
-    config.get_preset(preset, **(fixed or {}))  # the fixed part must be valid on its own
+    presets.get_preset(preset, **(fixed or {}))  # the fixed part must be valid on its own
     device = tools.pick_device((fixed or {}).get("device", "auto"))
     limit = int(memory_limit_gb * 2**30) if memory_limit_gb is not None else default_memory_limit(device)
     args = argparse.Namespace(study=study, preset=preset, fixed=fixed or {}, tokens=tokens, storage=storage,
@@ -307,12 +309,9 @@ def summary_table(study_obj):
 
 
 def to_markdown(table):
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    for _, row in table.iterrows():
-        cells = [("" if v is None or (isinstance(v, float) and math.isnan(v)) else
-                  f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """The study's table in markdown (4 significant digits; blank where a trial has no value)."""
+    import tools
+    return tools.markdown_table(table, float_format="{:.4g}")
 
 
 def main(argv=None):

@@ -15,8 +15,9 @@ import torch
 
 import config
 import data
+import runs
 import tools
-from modules import build_model
+from modules import build_model, sizing
 
 DEFAULT_MODEL = os.path.join(config.ROOT, "trained", "llama_1m")
 
@@ -29,9 +30,11 @@ def load_model(path=DEFAULT_MODEL, device="auto", **overrides):
         raise FileNotFoundError(f"no trained model at {path!r}: {cfg_path} is missing "
                                 "(train one with `python train.py --name NAME`, then pass --model trained/NAME)")
     cfg = config.load_json(config.ModelConfig, cfg_path, **overrides)
-    model = build_model(cfg)
+    model, weights = build_model(cfg), os.path.join(path, "model.safetensors")
+    if os.path.isfile(weights):
+        tools.check_architecture(weights, runs.architecture(cfg))
     try:
-        tools.load_weights(model, os.path.join(path, "model.safetensors"))
+        tools.load_weights(model, weights)
     except ValueError as e:
         if not overrides:
             raise
@@ -94,17 +97,13 @@ def encode_prompts(tokenizer, prompts, max_seq_len):
     if longest >= max_seq_len:
         raise ValueError(f"a prompt of {longest} tokens is invalid: it must be shorter than the model's context, "
                          f"max_seq_len={max_seq_len}, so that at least one token can be generated")
-    tokens = torch.full((len(ids), longest), data.PAD_ID, dtype=torch.long)
-    for row, seq in enumerate(ids):
-        tokens[row, longest - len(seq):] = torch.tensor(seq)
-    return tokens, torch.tensor([longest - len(s) for s in ids])
+    return tools.pad_rows(ids, data.PAD_ID, left=True), torch.tensor([longest - len(s) for s in ids])
 
 
 def check_generation_fits(cfg, rows, device):
     """ValueError unless generating `rows` sequences at once fits in the memory free on device
     (per row: the prompt's logits and every layer's decoding state over the whole context)."""
-    per_row = 4 * cfg.max_seq_len * (cfg.vocab_size + 4 * cfg.num_layers * cfg.dim)
-    tools.check_fits(rows * per_row, device, f"generating {rows:,} samples at once",
+    tools.check_fits(sizing.generation_memory(cfg, rows), device, f"generating {rows:,} samples at once",
                      "ask for fewer samples (num_samples) per call")
 
 
@@ -134,11 +133,11 @@ def generate(model, tokenizer, prompts, max_new_tokens=200, temperature=1.0, top
     prompts: list of strings of any lengths (left-padded into one batch). use_cache=False
     recomputes the whole sequence for every new token (same result, much slower; for tests and
     benchmarks). compile=True runs every step after the prompt through `compiled_decode_step`
-    (same logits; 3-15 s to compile once per model and batch size, then 2-3x faster per token on
-    CPU: worth it for many samples in one session, not for one story). on_token(step, new_ids (B,))
-    is called after every step (for streaming). model_inputs: extra keyword inputs for
-    model.new_cache (e.g. an encoder's input, run once per generation); plain language models
-    take none."""
+    (same logits; 5-15 s to compile once per model and batch size, then 1.7-3.5x faster per token
+    than the eager cache on CPU, README 'Fast decoding': worth it for many samples in one
+    session, not for one story). on_token(step, new_ids (B,)) is called after every step (for
+    streaming). model_inputs: extra keyword inputs for model.new_cache (e.g. an encoder's
+    input, run once per generation); plain language models take none."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} is invalid: must be a positive integer")
     device = next(model.parameters()).device
@@ -201,7 +200,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
     parser.add_argument("--compile", action="store_true",
-                        help="compile the one-token decode step (2-4x faster per token after 3-15 s of compiling)")
+                        help="compile the one-token decode step (1.7-3.5x faster per token after 5-15 s of compiling)")
     config.add_config_arguments(parser, classes=(config.ModelConfig,),
                                 title="ModelConfig fields (override the trained model's config; shapes must still match)")
     args = parser.parse_args(argv)

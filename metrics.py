@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from config import IGNORE_INDEX
 
 
 def window_losses(logits, targets):

@@ -22,6 +22,7 @@ import data
 import inference
 import metrics
 import tools
+from runs import read_log, read_run
 
 TRAINED = os.path.join(config.ROOT, "trained")
 
@@ -40,7 +41,7 @@ def find_runs(patterns):
 
 def summarize(run):
     """One row of the summary table for a run folder."""
-    r = tools.read_run(run)
+    r = read_run(run)
     last, best = r.last, r.best
     return {"run": os.path.basename(run), "model_type": r.model_cfg.model_type, "tokenizer": r.model_cfg.tokenizer,
             "params": r.params, "non_embedding_params": r.non_embedding_params, "tokens": int(last["tokens"]),
@@ -54,7 +55,7 @@ def plot_curves(runs, path=None):
     """Train (dashed) and validation (solid) loss against step, tokens seen and wall-clock for
     every run on one figure; in bits/char when the runs use different tokenizers."""
     import matplotlib.pyplot as plt
-    logs = {os.path.basename(r): tools.read_log(r) for r in runs}
+    logs = {os.path.basename(r): read_log(r) for r in runs}
     tokenizers = {config.load_json(config.ModelConfig, os.path.join(r, "model_config.json")).tokenizer for r in runs}
     in_bpc = len(tokenizers) > 1
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), sharey=True)
@@ -148,9 +149,7 @@ def name_recall(run, data_dir="", batch_size=16, device="auto"):
     hits = {}
     for i in range(0, len(wanted), batch_size):
         rows = [stories[k] for k in wanted[i:i + batch_size]]
-        x = torch.full((len(rows), max(map(len, rows))), data.PAD_ID, dtype=torch.long)
-        for r, story in enumerate(rows):  # right padding: a causal model's earlier outputs ignore it
-            x[r, :len(story)] = torch.tensor(story)
+        x = tools.pad_rows(rows, data.PAD_ID)  # right padding: a causal model's earlier outputs ignore it
         predicted = model(x.to(dev))[0].argmax(dim=-1).cpu()
         for r, k in enumerate(wanted[i:i + batch_size]):
             hits[k] = predicted[r]
@@ -197,24 +196,18 @@ def compare(run_patterns, out_dir=None, ks=(1, 5), data_dir="", eval_tokens=None
     fig = plot_curves(runs, os.path.join(out_dir, "curves.png") if out_dir else None)
     if out_dir:
         with open(os.path.join(out_dir, "summary.md"), "w") as f:
-            f.write(markdown_table(table) + "\n")
+            f.write(summary_markdown(table) + "\n")
     return table, fig
 
 
-def markdown_table(table):
+SUMMARY_FORMATS = {"params": "{:,}", "non_embedding_params": "{:,}", "tokens": "{:,}", "wall_clock_s": "{:.0f}",
+                   "tokens_per_s": "{:,.0f}", "best_step": "{}", "name_items": "{}"}
+
+
+def summary_markdown(table):
     """The summary as a markdown table with readable number formats (and a note under it when
     the runs' tokenizers differ)."""
-    formats = {"params": "{:,}", "non_embedding_params": "{:,}", "tokens": "{:,}", "wall_clock_s": "{:.0f}",
-               "tokens_per_s": "{:,.0f}", "best_step": "{}", "name_items": "{}"}
-    columns = list(table.columns)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for _, row in table.iterrows():
-        cells = []
-        for c in columns:
-            v = row[c]
-            fmt = formats.get(c, "{:.4f}" if isinstance(v, float) else "{}")
-            cells.append(fmt.format(v))
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = [tools.markdown_table(table, SUMMARY_FORMATS)]
     if "tokenizer" in table and table["tokenizer"].nunique() > 1:
         lines.append(f"\nThese runs use different tokenizers ({', '.join(table['tokenizer'].unique())}): compare them "
                      "by val_bpc (bits per character); per-token losses and top-k accuracies do not compare.")
@@ -237,7 +230,7 @@ def main(argv=None):
         table, _ = compare(args.runs, args.out, ks, args.data_dir, args.eval_tokens)
     except (*tools.USER_ERRORS, data.DataUnavailable) as e:
         tools.fail(e)
-    print(markdown_table(table))
+    print(summary_markdown(table))
     print(f"\nwrote {os.path.join(args.out, 'curves.png')} and {os.path.join(args.out, 'summary.md')}")
 
 

@@ -1,9 +1,11 @@
-"""Small shared helpers: device choice, seeding, parameter counts, memory checks, atomic
-checkpoint files, run locks, and the command-line error contract."""
+"""The armor: what every layer above leans on, and nothing of the project itself is imported
+here. Device policy (device, bf16 autocast, compile, seeding, MFU), free memory and `check_fits`,
+atomic saves and digests, weights I/O, the command-line error contract (one line, exit 2),
+markdown tables and padding."""
 import argparse
 import contextlib
-import fcntl
 import hashlib
+import json
 import math
 import os
 import random
@@ -13,8 +15,6 @@ import sys
 import numpy as np
 import torch
 import safetensors.torch
-
-import config
 
 
 def pick_device(name="auto"):
@@ -47,18 +47,15 @@ GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12
                   "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
 
 
-def estimate_mfu(params, model_cfg, tokens_per_s, device):
-    """Model FLOPs utilisation as in nanoGPT's estimate_mfu (PaLM appendix B): 6 FLOPs per
-    parameter per token plus 12 * layers * dim * context for attention, over the device's bf16
-    peak. None where the peak is unknown (CPUs, unlisted GPUs)."""
+def estimate_mfu(flops_per_token, tokens_per_s, device):
+    """Model FLOPs utilisation as in nanoGPT's estimate_mfu: training FLOPs per token
+    (modules.sizing.flops_per_token) times tokens/s over the device's bf16 peak. None where the
+    peak is unknown (CPUs, unlisted GPUs)."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
     peak = next((flops for key, flops in GPU_PEAK_FLOPS.items() if key in name), None)
-    if peak is None:
-        return None
-    flops_per_token = 6 * params + 12 * model_cfg.num_layers * model_cfg.dim * model_cfg.max_seq_len
-    return flops_per_token * tokens_per_s / peak
+    return None if peak is None else flops_per_token * tokens_per_s / peak
 
 
 def autocast_enabled(setting, device):
@@ -113,52 +110,6 @@ def count_parameters(model):
 
 
 # --- memory: refuse what cannot fit before allocating it ----------------------------------------
-def count_parameters_unbuilt(model_cfg):
-    """(parameters, bytes of parameters and buffers) of a config, built on the meta device (no
-    memory is allocated, whatever the sizes; sizes past int64 count as infinite)."""
-    from modules import MODEL_REGISTRY
-    try:
-        with torch.device("meta"):
-            model = MODEL_REGISTRY[model_cfg.model_type](model_cfg)
-    except RuntimeError as e:
-        if "overflow" in str(e):
-            return math.inf, math.inf
-        raise
-    params = sum(p.numel() for p in model.parameters())
-    return params, sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-
-
-def check_weights_fit(model_cfg, device=torch.device("cpu")):
-    """ValueError unless the model's weights and tables fit in the memory free on device,
-    decided without allocating: a quick size bound first (so num_layers=10**6 does not even
-    build on the meta device), then the exact count from a meta build."""
-    c = model_cfg
-    what = (f"the weights of this model (dim={c.dim}, num_layers={c.num_layers}, max_seq_len={c.max_seq_len}, "
-            f"vocab_size={c.vocab_size})")
-    advice = "lower dim, num_layers or max_seq_len"
-    # a lower bound for every architecture: its main matrices and position tables at 2 bytes per
-    # value (they hold 4), so it never refuses what the exact count below would allow
-    per_layer = (2 * c.num_q_heads + 2 * c.num_kv_heads) * c.head_dim * c.dim + 3 * c.dim * c.mlp_hidden_dim
-    lower_bound = 2 * (c.vocab_size * c.dim + c.num_layers * per_layer + c.max_seq_len * c.head_dim)
-    check_fits(lower_bound, device, what, advice)
-    check_fits(count_parameters_unbuilt(model_cfg)[1], device, what, advice)
-
-
-def estimate_training_memory(model_cfg, train_cfg):
-    """Bytes a training step needs, estimated before anything is built: parameters x 16 (fp32
-    weights, gradients, AdamW's two moments) + activations kept for backward (per token and
-    layer about 20 x dim + 4 x the MLP's hidden width floats, plus the attention outputs) +
-    the logits (3 fp32 copies of batch x context x vocab: logits, softmax, gradient) + about
-    80 MiB of work space the first steps allocate at any size. Measured on CPU (growth of peak
-    RSS over two steps, tests/test_hparam_search.py) it is within a factor 1.5 either way."""
-    params, _ = count_parameters_unbuilt(model_cfg)
-    tokens = train_cfg.batch_size * model_cfg.max_seq_len
-    per_token_layer = 20 * model_cfg.dim + 4 * model_cfg.mlp_hidden_dim + 4 * model_cfg.num_q_heads * model_cfg.head_dim
-    activations = 4 * tokens * model_cfg.num_layers * per_token_layer
-    logits = 3 * 4 * tokens * model_cfg.vocab_size
-    return 16 * params + activations + logits + 80 * 2**20
-
-
 def free_memory(device):
     """Bytes free on device: CUDA's free memory, else the machine's available memory."""
     if device.type == "cuda":
@@ -179,7 +130,7 @@ def check_fits(nbytes, device, what, advice):
                          f"on {device.type}: {advice}")
 
 
-# --- files: atomic writes, run locks ---------------------------------------------------------------
+# --- files: atomic writes, digests, weights ---------------------------------------------------------------
 class SaveError(OSError):
     """A file could not be written (disk full, no permission); the previous version is kept."""
 
@@ -189,7 +140,7 @@ def atomic_save(save, path):
     power cut) leaves either the old file or the new one, never half of one. When the write
     fails (disk full, ...) the temporary file is removed, the previous file is kept, and a
     SaveError says so."""
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # per process: two ranks may prepare one data cache at once
     try:
         save(tmp)
         with open(tmp, "rb") as f:
@@ -205,25 +156,6 @@ def atomic_save(save, path):
             os.remove(tmp)
         kept = "the previous version is kept" if os.path.exists(path) else "nothing was written"
         raise SaveError(f"could not write {path}: {reason} ({kept}); free some disk space and resume") from None
-
-
-@contextlib.contextmanager
-def run_lock(folder, name):
-    """Hold FOLDER/.NAME.lock while a run writes FOLDER/NAME, so two runs of one name cannot
-    write over each other. The OS drops the lock when the process ends, even on SIGKILL, so a
-    crash never leaves a stale lock."""
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f".{name}.lock")
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FileExistsError(f"run {os.path.join(folder, name)} is in use by another process (lock {path}); "
-                                  "wait for it to finish or pick another --name") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # --- command line: one line `error: ...`, exit code 2 ---------------------------------------------
@@ -273,11 +205,30 @@ def digest(obj):
     return h.hexdigest()
 
 
-def save_weights(model, path):
+def save_weights(model, path, architecture=None):
     """safetensors file of the model's parameters and buffers (shared tensors stored once), with
-    the digest of its state in the file's metadata."""
+    the digest of its state and `architecture` (the config fields that decide what the weights
+    mean, a dict) in the file's metadata."""
     metadata = {"sha256": digest(model.state_dict())}
+    if architecture is not None:
+        metadata["architecture"] = json.dumps(architecture, sort_keys=True)
     atomic_save(lambda p: safetensors.torch.save_model(model, p, metadata=metadata), path)
+
+
+def check_architecture(path, architecture):
+    """ValueError when the safetensors file at path records (in its metadata) another
+    architecture than `architecture` (a dict of config fields): shapes can fit while the
+    weights mean nothing. Files written before architectures were recorded pass."""
+    try:
+        with safetensors.safe_open(path, "pt") as f:
+            trained = json.loads((f.metadata() or {}).get("architecture", "{}"))
+    except Exception:  # unreadable: load_weights says how
+        return
+    differ = {k: (trained[k], v) for k, v in architecture.items() if k in trained and trained[k] != v}
+    if differ:
+        said = ", ".join(f"{k}={new!r} (the weights were trained with {k}={old!r})" for k, (old, new) in differ.items())
+        raise ValueError(f"weights file {path} belongs to another architecture: the config asks for {said}; the "
+                         "shapes may fit but the weights would mean nothing. Use the run's own model_config.json")
 
 
 def load_weights(model, path):
@@ -312,51 +263,30 @@ def _some(label, keys, shown=4):
     return f"{label} {len(names)} key(s): {', '.join(names[:shown])}{', ...' if len(names) > shown else ''}"
 
 
-def run_dir(train_cfg):
-    out = train_cfg.out_dir if os.path.isabs(train_cfg.out_dir) else os.path.join(config.ROOT, train_cfg.out_dir)
-    return os.path.join(out, train_cfg.name)
+# --- text output and batches ----------------------------------------------------------------------
+def markdown_table(table, formats=None, float_format="{:.4f}"):
+    """A pandas DataFrame as a markdown table: `formats` maps a column to a format string,
+    other floats take float_format, None and NaN are left blank."""
+    formats, columns = formats or {}, list(table.columns)
+    lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
+    for _, row in table.iterrows():
+        cells = []
+        for c in columns:
+            v = row[c]
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                cells.append("")
+            else:
+                cells.append(formats.get(c, float_format if isinstance(v, float) else "{}").format(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
-def read_log(run_dir):
-    """log_data.csv of a run as a DataFrame of its complete rows; a clear error when it is
-    missing, empty, damaged or holds no evaluation yet."""
-    import pandas as pd
-    path = os.path.join(run_dir, "log_data.csv")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} is missing: the run has not reached its first evaluation "
-                                "(train it, or resume it with `python train.py --resume RUN`)")
-    try:
-        log = pd.read_csv(path)
-    except Exception as e:
-        raise ValueError(f"{path} is damaged ({str(e).splitlines()[0][:150]}); resume the run to rewrite it") from None
-    needed = {"step", "tokens", "val_loss"}
-    if not needed <= set(log.columns):
-        raise ValueError(f"{path} lacks the columns {sorted(needed - set(log.columns))}: not a log of this project")
-    for column in needed:
-        log[column] = pd.to_numeric(log[column], errors="coerce")
-    log = log.dropna(subset=sorted(needed)).reset_index(drop=True)  # a row cut short by a crash
-    if log.empty:
-        raise ValueError(f"{path} holds no complete evaluation row yet; train or resume the run first")
-    return log
-
-
-def read_run(run_dir):
-    """What a run folder reports, read once for its README and for the comparison table: the
-    ModelConfig, log_data.csv (pandas), its last row, the row of lowest validation loss, and
-    the parameter counts (total, non-embedding)."""
-    from types import SimpleNamespace
-    from modules import build_model
-    cfg = config.load_json(config.ModelConfig, os.path.join(run_dir, "model_config.json"))
-    log = read_log(run_dir)
-    total, embedding = count_parameters(build_model(cfg))
-    return SimpleNamespace(model_cfg=cfg, log=log, last=log.iloc[-1], best=log.loc[log["val_loss"].idxmin()],
-                           params=total, non_embedding_params=total - embedding)
-
-
-def demo_config(model_type):
-    """A tiny ModelConfig of `model_type` (its first preset, shrunk) for shape traces and demos."""
-    preset = next((name for name, fields in config.PRESETS.items() if fields.get("model_type", "gpt") == model_type), None)
-    if preset is None:
-        raise ValueError(f"model_type={model_type!r} has no preset in config.PRESETS; add one")
-    return config.get_preset(preset, dim=16, num_layers=2, head_dim=8, max_seq_len=16, tokenizer="bpe512",
-                             mm_pmem_size=8, ff_scales=1)[0]
+def pad_rows(rows, value, left=False, length=None):
+    """Lists of ids -> one (len(rows), length or the longest) int64 tensor, each row padded with
+    `value` on the right (or on the left: generation's prompts end where decoding starts)."""
+    length = length or max(map(len, rows))
+    out = torch.full((len(rows), length), value, dtype=torch.long)
+    for r, ids in enumerate(rows):
+        if len(ids):
+            out[r, slice(length - len(ids), None) if left else slice(0, len(ids))] = torch.as_tensor(ids)
+    return out

@@ -5,14 +5,16 @@
     python train.py --resume trained/my_gpt2          # continue an interrupted run exactly
     torchrun --standalone --nproc_per_node 4 train.py --preset llama_1m   # 4 GPUs (DDP; see distributed.py)
 
-Writes trained/NAME/: model_config.json, train_config.json, model.safetensors, log_data.csv
-(one row per evaluation) and checkpoint.pt (resumable: weights, optimizer, step, RNG states).
+Writes trained/NAME/ (runs.py: model_config.json, train_config.json, model.safetensors,
+log_data.csv with one row per evaluation, checkpoint.pt to resume, README.md).
+
+`train` reads as its steps: check the job fits, open the run folder, build (seeded), restore
+or write the first checkpoint, `fit`, finish. `fit` is the loop, nanoGPT's shape.
 """
 import contextlib
-import csv
+import dataclasses
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -24,8 +26,11 @@ import config
 import data
 import distributed
 import metrics
+import modules
+import presets
+import runs
 import tools
-from modules import build_model
+from modules import build_model, sizing
 
 LOG_COLUMNS = ["step", "tokens", "elapsed_s", "lr", "train_loss", "val_loss", "val_loss_se", "val_bpc",
                "tokens_per_s", "grad_norm"]
@@ -102,46 +107,6 @@ def evaluate(model, dataset, batch_size, device, use_autocast):
     return (*metrics.mean_and_se(losses), {name: total / len(losses) for name, total in terms_sum.items()})
 
 
-# --- run folder ---------------------------------------------------------------------------------
-def _append_log(path, row):
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def _truncate_log(path, last_step):
-    """Keep only the complete log rows up to last_step: rows written after the checkpoint we
-    resume from are written again, and a row cut short by a crash is dropped."""
-    if not os.path.exists(path):
-        return
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        rows, columns = list(reader), reader.fieldnames
-
-    def complete(row):
-        return None not in row and all(v not in (None, "") for v in row.values()) and row["step"].isdigit()
-    kept = [r for r in rows if complete(r) and int(r["step"]) <= last_step]
-    if columns:
-        tools.atomic_save(lambda p: _write_rows(p, columns, kept), path)
-
-
-def _write_rows(path, columns, rows):
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _save_checkpoint(path, model, optimizer, state):
-    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}
-    payload["sha256"] = tools.digest(payload)  # checked on load: torch.load does not notice flipped bits
-    tools.atomic_save(lambda p: torch.save(payload, p), path)
-
-
-# --- training -----------------------------------------------------------------------------------
 class _StopRequest:
     """Ctrl-C sets a flag; the loop stops after the current step, so the checkpoint is consistent."""
 
@@ -165,248 +130,225 @@ class _StopRequest:
             signal.signal(signal.SIGINT, self.previous)
 
 
+# --- training -----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class TrainState:
+    """What the loop carries from step to step; checkpointed under these keys. loss_sum,
+    loss_count and terms_sum (the extra loss terms a model reports) run since the last evaluation."""
+    step: int = 0
+    tokens: int = 0
+    elapsed_s: float = 0.0
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    terms_sum: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Run:
+    """What a training run works with, fixed once it is built."""
+    model_cfg: config.ModelConfig
+    train_cfg: config.TrainConfig
+    job: distributed.Context
+    device: torch.device
+    out: str
+    dataset: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    batch_rng: torch.Generator  # the data position: its state is checkpointed
+    use_autocast: bool
+    step_model: torch.nn.Module = None  # the model as the loop calls it: compiled and/or DDP-wrapped
+    on_eval: object = None
+
+
 def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, command=None, on_eval=None):
     """Train model_cfg under train_cfg; returns the run folder. With resume=True, weights,
     optimizer, step, RNG states and data position come from the folder's checkpoint.pt
     (use `resume_run`, which also reads the folder's configs). `command` is recorded in the
     run's README.md. on_eval(row) is called with every log row (a sweep's pruner may raise to
     stop the run there). Under torchrun every process calls this; see distributed.py."""
+    presets.check(model_cfg, train_cfg)
     job = distributed.Context()
     device = job.start(tools.pick_device(train_cfg.device))
     try:
-        out = _train(model_cfg, train_cfg, resume, overwrite, progress, command, on_eval, job, device)
+        check_job_fits(job, model_cfg, train_cfg, device)  # before the run folder is made
+        with runs.open_run(job, model_cfg, train_cfg, resume, overwrite) as out:
+            run = build_run(model_cfg, train_cfg, job, device, out, on_eval)
+            state = TrainState(**restore_state(run)) if resume else TrainState()
+            run.step_model = wrap_model(run)
+            announce(run, state, resume)
+            if not resume:  # from the first moment on, a crash can be resumed
+                save_checkpoint(run, state)
+            fit(run, state, progress)
+            if state.step == train_cfg.max_steps and job.is_main:
+                runs.write_readme(out, command)
         job.barrier()  # nobody tears the process group down while another process still writes or talks
         return out
     finally:
         job.close()
 
 
-@contextlib.contextmanager
-def _locked(job, out):
-    """Rank 0 holds the run's lock (tools.run_lock) for the whole run; every process learns
-    whether it got it, so a refused job stops everywhere at once."""
-    with contextlib.ExitStack() as stack:
-        error = None
-        if job.is_main:
-            try:
-                stack.enter_context(tools.run_lock(os.path.dirname(out), os.path.basename(out)))
-            except FileExistsError as e:
-                error = e
-        if job.enabled and job.mean([float(error is not None)])[0] > 0 and error is None:
-            error = FileExistsError(f"run {out} is in use by another process")
-        if error is not None:
-            raise error
-        yield
-
-
-def _load_checkpoint(path, device):
-    """torch.load with weights_only=True (tensors and plain containers only: a checkpoint can
-    never run code), with a clear error for a damaged or foreign file."""
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-        if not isinstance(ckpt, dict):
-            raise ValueError(f"it holds a {type(ckpt).__name__}, not a dict")
-        stored = ckpt.pop("sha256", None)  # checkpoints written before digests were kept have none
-        if stored is not None and stored != tools.digest(ckpt):
-            raise ValueError("its contents do not match the checksum saved with them")
-        return ckpt
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            reason = "it holds pickled Python objects, which are never loaded (weights_only=True)"
-        raise ValueError(f"checkpoint {path} is damaged or not a checkpoint of this project: {reason}. "
-                         "Train again (--overwrite), or restore the file from a backup") from None
-
-
-def _train(model_cfg, train_cfg, resume, overwrite, progress, command, on_eval, job, device):
-    out = tools.run_dir(train_cfg)
-    job.check_batch(train_cfg.batch_size)  # before the run folder is made
-    tools.check_fits(tools.estimate_training_memory(model_cfg, train_cfg), device,
+def check_job_fits(job, model_cfg, train_cfg, device):
+    job.check_batch(train_cfg.batch_size)
+    tools.check_fits(modules.estimate_training_memory(model_cfg, train_cfg), device,
                      f"training (batch_size={train_cfg.batch_size}, max_seq_len={model_cfg.max_seq_len}, "
                      f"dim={model_cfg.dim}, num_layers={model_cfg.num_layers}, vocab_size={model_cfg.vocab_size})",
                      "lower batch_size (grad_accum_steps keeps the effective batch), max_seq_len, dim or num_layers")
-    with _locked(job, out):
-        return _train_locked(model_cfg, train_cfg, resume, overwrite, progress, command, on_eval, job, device, out)
 
 
-def _train_locked(model_cfg, train_cfg, resume, overwrite, progress, command, on_eval, job, device, out):
-    ckpt_path = os.path.join(out, "checkpoint.pt")
-    log_path = os.path.join(out, "log_data.csv")
-    if resume and not os.path.isfile(ckpt_path):
-        raise FileNotFoundError(f"cannot resume: no checkpoint.pt in {out}")
-    if not resume:
-        if os.path.exists(out) and os.listdir(out):
-            if not overwrite:
-                raise FileExistsError(f"run folder {out} already exists: resume it (--resume {out}), "
-                                      "pick another --name, or pass --overwrite")
-        job.barrier()  # every process has checked before rank 0 changes the folder
-        if job.is_main:
-            shutil.rmtree(out, ignore_errors=True)
-            os.makedirs(out, exist_ok=True)
-            config.save_json(model_cfg, os.path.join(out, "model_config.json"))
-            config.save_json(train_cfg, os.path.join(out, "train_config.json"))
-    use_autocast = tools.autocast_enabled(train_cfg.autocast, device)
+def build_run(model_cfg, train_cfg, job, device, out, on_eval):
+    """Dataset, model and optimizer, seeded: the same initial weights in every process, a
+    different dropout stream per process."""
     dataset = data.get_dataset(model_cfg, train_cfg)
-
     tools.seed_everything(train_cfg.seed)
     model = build_model(model_cfg).to(device)
     optimizer = make_optimizer(model, train_cfg, device)
-    if job.enabled:  # the same initial weights everywhere (seeded above), a different dropout stream per process
-        torch.manual_seed(train_cfg.seed + job.rank)
-    batch_rng = torch.Generator().manual_seed(train_cfg.seed)  # the data position: its state is checkpointed
-    # loss_sum / terms_sum: running sums since the last evaluation (extra loss terms a model reports)
-    state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "loss_sum": 0.0, "loss_count": 0, "terms_sum": {}}
-    if resume:
-        ckpt = _load_checkpoint(ckpt_path, device)
-        try:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            batch_rng.set_state(ckpt["batch_rng"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as e:
-            raise ValueError(f"checkpoint {ckpt_path} does not fit the run's configs (model_config.json, "
-                             f"train_config.json): {str(e).strip().splitlines()[0][:200]}") from None
-        # every process's RNG states (checkpoints from before they were kept per process hold one)
-        ranks = ckpt.get("rng_ranks") or [{"torch": ckpt["torch_rng"], "cuda": ckpt.get("cuda_rng")}]
-        rng = ranks[job.rank] if len(ranks) == job.world else ranks[0]  # another job size: rank 0's
-        torch.set_rng_state(rng["torch"])
-        if device.type == "cuda" and rng["cuda"] is not None:
-            torch.cuda.set_rng_state(rng["cuda"])
-        state.update({k: ckpt[k] for k in state if k in ckpt})
-        if job.is_main:
-            _truncate_log(log_path, state["step"])
-    step_model = torch.compile(model) if tools.compile_enabled(train_cfg.compile, device) else model
     if job.enabled:
+        torch.manual_seed(train_cfg.seed + job.rank)
+    return Run(model_cfg, train_cfg, job, device, out, dataset, model, optimizer,
+               torch.Generator().manual_seed(train_cfg.seed), tools.autocast_enabled(train_cfg.autocast, device),
+               on_eval=on_eval)
+
+
+def restore_state(run):
+    saved = runs.restore_checkpoint(run.out, run.model, run.optimizer, run.batch_rng, run.job, run.device)
+    return {f.name: saved[f.name] for f in dataclasses.fields(TrainState) if f.name in saved}
+
+
+def wrap_model(run):
+    step_model = torch.compile(run.model) if tools.compile_enabled(run.train_cfg.compile, run.device) else run.model
+    if run.job.enabled:
         step_model = torch.nn.parallel.DistributedDataParallel(
-            step_model, device_ids=[device.index] if device.type == "cuda" else None)
-    log = print if job.is_main else (lambda *a, **k: None)
+            step_model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    return step_model
 
-    total, embedding = tools.count_parameters(model)
-    log(f"{model_cfg.model_type} '{train_cfg.name}': {total:,} parameters ({total - embedding:,} non-embedding) "
-        f"on {device}, autocast={'bf16' if use_autocast else 'off'}, "
-        f"compile={'on' if step_model is not model else 'off'}; {train_cfg.dataset}: {dataset.describe()}"
-        + (f"; {job.world} processes" if job.enabled else "")
-        + (f"; resuming at step {state['step']}" if resume else ""))
 
-    def save_checkpoint():  # called by every process (the RNG states are gathered); rank 0 writes
-        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
-        extra = {"rng_ranks": job.gather(rng), "batch_rng": batch_rng.get_state(), **state}
-        if job.is_main:
-            _save_checkpoint(ckpt_path, model, optimizer, extra)
-            tools.save_weights(model, os.path.join(out, "model.safetensors"))
+def announce(run, state, resume):
+    total, embedding = tools.count_parameters(run.model)
+    say(run, f"{run.model_cfg.model_type} '{run.train_cfg.name}': {total:,} parameters ({total - embedding:,} "
+        f"non-embedding) on {run.device}, autocast={'bf16' if run.use_autocast else 'off'}, "
+        f"compile={'on' if run.step_model is not run.model else 'off'}; {run.train_cfg.dataset}: "
+        f"{run.dataset.describe()}" + (f"; {run.job.world} processes" if run.job.enabled else "")
+        + (f"; resuming at step {state.step}" if resume else ""))
 
-    if not resume:  # from the first moment on, a crash can be resumed
-        save_checkpoint()
-    bar = tqdm(total=train_cfg.max_steps, initial=state["step"], disable=not progress or not job.is_main, desc=train_cfg.name,
+
+def say(run, message):
+    if run.job.is_main:
+        print(message)
+
+
+def save_checkpoint(run, state):
+    """Called by every process (the RNG states are gathered); rank 0 writes. Weights that are
+    not finite are never written: the last good checkpoint stays."""
+    if not all(bool(torch.isfinite(p).all()) for p in run.model.parameters()):
+        raise NonFiniteLoss(f"the weights stopped being finite at step {state.step}; the last good checkpoint in "
+                            f"{run.out} is kept; try a lower --lr or --grad_clip")
+    rng = {"torch": torch.get_rng_state(),
+           "cuda": torch.cuda.get_rng_state() if run.device.type == "cuda" else None}
+    extra = {"rng_ranks": run.job.gather(rng), "batch_rng": run.batch_rng.get_state(), **dataclasses.asdict(state)}
+    if run.job.is_main:
+        runs.save_checkpoint(run.out, run.model, run.optimizer, extra)
+
+
+def fit(run, state, progress=True):
+    """The training loop: set the lr, accumulate gradients over micro-batches, stop on a
+    non-finite loss or gradient, clip, step; evaluate and log every eval_interval steps,
+    checkpoint every checkpoint_interval. Ctrl-C stops after the current step and saves."""
+    cfg, job = run.train_cfg, run.job
+    bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not progress or not job.is_main, desc=cfg.name,
                dynamic_ncols=True)
-    model.train()
-    session_start, elapsed_before = time.time(), state["elapsed_s"]
+    run.model.train()
+    session_start, elapsed_before = time.time(), state.elapsed_s
     interval_tokens, interval_train_s, grad_norm = 0, 0.0, float("nan")
     stopping = False  # Ctrl-C, agreed by every process at the same step (the signal arrives anywhere)
     with _StopRequest() as stop:
-        while state["step"] < train_cfg.max_steps and not stopping:
+        while state.step < cfg.max_steps and not stopping:
             step_start = time.time()
-            step = state["step"]
-            lr = lr_at(step, train_cfg)
-            for group in optimizer.param_groups:
+            lr = lr_at(state.step, cfg)
+            for group in run.optimizer.param_groups:
                 group["lr"] = lr
-            step_loss, step_terms = 0.0, {}
-            for micro in range(train_cfg.grad_accum_steps):
-                batch = dataset.train_batch(train_cfg.batch_size, batch_rng)  # the global batch
-                counted = dataset.batch_tokens(batch)
-                state["tokens"] += counted
-                interval_tokens += counted
-                last_micro = micro == train_cfg.grad_accum_steps - 1  # DDP syncs gradients only then
-                with contextlib.nullcontext() if last_micro or not job.enabled else step_model.no_sync():
-                    with tools.autocast(device, use_autocast):
-                        _, loss, terms = step_model(**tools.to_device(job.share(batch), device))
-                    (loss / train_cfg.grad_accum_steps).backward()
-                step_loss += loss.item() / train_cfg.grad_accum_steps
-                for name, value in terms.items():
-                    step_terms[name] = step_terms.get(name, 0.0) + float(value) / train_cfg.grad_accum_steps
+            step_loss, step_terms, counted = forward_backward(run)
+            state.tokens += counted
+            interval_tokens += counted
             if job.enabled:  # one collective: the mean loss and terms, and whether any process got Ctrl-C
                 step_loss, stop_flag, *values = job.mean([step_loss, float(stop.requested), *step_terms.values()])
                 stopping, step_terms = stop_flag > 0, dict(zip(step_terms, values))
             else:
                 stopping = stop.requested
             for name, value in step_terms.items():
-                state["terms_sum"][name] = state["terms_sum"].get(name, 0.0) + value
-            if not math.isfinite(step_loss):
+                state.terms_sum[name] = state.terms_sum.get(name, 0.0) + value
+            grad_norm = gradient_norm(run.model, cfg.grad_clip)
+            if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
                 bar.close()
-                raise NonFiniteLoss(f"loss became {step_loss} at step {step}; the run stopped there. "
-                                    f"The last good checkpoint is {ckpt_path} (if one was written); "
-                                    "try a lower --lr or --grad_clip")
-            if train_cfg.grad_clip > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip).item()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
-            state["loss_sum"] += step_loss
-            state["loss_count"] += 1
-            state["elapsed_s"] = elapsed_before + time.time() - session_start
+                raise NonFiniteLoss(f"{'loss' if not math.isfinite(step_loss) else 'gradient norm'} became "
+                                    f"{step_loss if not math.isfinite(step_loss) else grad_norm} at step {state.step}; "
+                                    "the run stopped before that step changed the weights. The last good checkpoint "
+                                    f"is {os.path.join(run.out, 'checkpoint.pt')}; try a lower --lr or --grad_clip")
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.loss_sum += step_loss
+            state.loss_count += 1
+            state.elapsed_s = elapsed_before + time.time() - session_start
             interval_train_s += time.time() - step_start
             bar.update(1)
 
-            done = state["step"] == train_cfg.max_steps
-            evaluate_now = state["step"] % train_cfg.eval_interval == 0 or done
-            if evaluate_now and job.is_main:  # rank 0 alone evaluates and logs
-                tok_s = interval_tokens / max(interval_train_s, 1e-9)
-                val_loss, val_se, val_terms = evaluate(model, dataset, train_cfg.batch_size, device, use_autocast)
-                row = {"step": state["step"], "tokens": state["tokens"],
-                       "elapsed_s": round(state["elapsed_s"], 2), "lr": lr,
-                       "train_loss": state["loss_sum"] / state["loss_count"], "val_loss": val_loss,
-                       "val_loss_se": val_se, "val_bpc": dataset.bits_per_char(val_loss),
-                       "tokens_per_s": round(tok_s, 1), "grad_norm": grad_norm,
-                       **{f"train_{k}": v / state["loss_count"] for k, v in state["terms_sum"].items()},
-                       **{f"val_{k}": v for k, v in val_terms.items()}}
-                _append_log(log_path, row)
-                if on_eval is not None:
-                    on_eval(row)
-                mfu = tools.estimate_mfu(total, model_cfg, tok_s, device)
-                bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{val_loss:.3f}", bpc=f"{row['val_bpc']:.3f}",
-                                lr=f"{lr:.1e}", tok_s=f"{tok_s:,.0f}", **({"mfu": f"{mfu:.1%}"} if mfu else {}))
-            if evaluate_now:
-                state["loss_sum"], state["loss_count"], state["terms_sum"] = 0.0, 0, {}
+            done = state.step == cfg.max_steps
+            if state.step % cfg.eval_interval == 0 or done:
+                if job.is_main:  # rank 0 alone evaluates and logs
+                    log_evaluation(run, state, lr, grad_norm, interval_tokens / max(interval_train_s, 1e-9), bar)
+                state.loss_sum, state.loss_count, state.terms_sum = 0.0, 0, {}
                 interval_tokens, interval_train_s = 0, 0.0
-            if state["step"] % train_cfg.checkpoint_interval == 0 or done:
-                save_checkpoint()
+            if state.step % cfg.checkpoint_interval == 0 or done:
+                save_checkpoint(run, state)
         bar.close()
-        if state["step"] == train_cfg.max_steps and job.is_main:
-            write_run_readme(out, command)
-        if stopping and state["step"] < train_cfg.max_steps:
-            save_checkpoint()
-            log(f"interrupted: saved step {state['step']} to {out}; continue with `python train.py --resume {out}`")
-    return out
+        if stopping and state.step < cfg.max_steps:
+            save_checkpoint(run, state)
+            say(run, f"interrupted: saved step {state.step} to {run.out}; continue with "
+                f"`python train.py --resume {run.out}`")
 
 
-def write_run_readme(run_dir, command=None):
-    """trained/NAME/README.md: how the run was made and what it reached, from its own files."""
-    run = tools.read_run(run_dir)
-    model_cfg, log, last, best = run.model_cfg, run.log, run.last, run.best
-    train_cfg = config.load_json(config.TrainConfig, os.path.join(run_dir, "train_config.json"))
-    data_source = train_cfg.data_dir or os.environ.get("MMS_DATA_DIR") or f"the Hugging Face hub ({data.HUB_DATASET})"
-    text = f"""# {os.path.basename(run_dir)}
+def forward_backward(run):
+    """One optimizer step's gradients over grad_accum_steps micro-batches of the global batch:
+    (mean loss, mean of each extra loss term, tokens counted)."""
+    cfg, job = run.train_cfg, run.job
+    step_loss, step_terms, counted = 0.0, {}, 0
+    for micro in range(cfg.grad_accum_steps):
+        batch = run.dataset.train_batch(cfg.batch_size, run.batch_rng)
+        counted += run.dataset.batch_tokens(batch)
+        last_micro = micro == cfg.grad_accum_steps - 1  # DDP syncs gradients only then
+        with contextlib.nullcontext() if last_micro or not job.enabled else run.step_model.no_sync():
+            with tools.autocast(run.device, run.use_autocast):
+                _, loss, terms = run.step_model(**tools.to_device(job.share(batch), run.device))
+            (loss / cfg.grad_accum_steps).backward()
+        step_loss += loss.item() / cfg.grad_accum_steps
+        for name, value in terms.items():
+            step_terms[name] = step_terms.get(name, 0.0) + float(value) / cfg.grad_accum_steps
+    return step_loss, step_terms, counted
 
-`{model_cfg.model_type}` model, {run.params:,} parameters ({run.non_embedding_params:,} non-embedding), tokenizer `{model_cfg.tokenizer}`,
-context {model_cfg.max_seq_len}. Made with:
 
-```bash
-{command or "train(model_cfg, train_cfg)  # from Python; configs in this folder"}
-```
+def gradient_norm(model, clip):
+    """The global gradient norm, clipped to `clip` when clip > 0 (inf or nan when a gradient is)."""
+    if clip > 0:
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
+    return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]).item()
 
-| | |
-|---|---|
-| data | `{train_cfg.dataset}` from {data_source} |
-| tokens seen | {int(last['tokens']):,} ({int(last['step'])} steps of batch {train_cfg.batch_size * train_cfg.grad_accum_steps}, context {model_cfg.max_seq_len}) |
-| wall-clock | {last['elapsed_s'] / 60:.1f} min (median {log['tokens_per_s'].median():,.0f} tokens/s) |
-| final validation loss | {last['val_loss']:.4f} nats/token (± {last['val_loss_se']:.4f} s.e. over windows), {last['val_bpc']:.4f} bits/char |
-| best validation loss | {best['val_loss']:.4f} at step {int(best['step'])} ({best['val_bpc']:.4f} bits/char) |
-| final train loss | {last['train_loss']:.4f} (mean since the previous evaluation, dropout on) |
 
-Sample: `python inference.py --model {os.path.relpath(run_dir, config.ROOT)} --prompt "Once upon a time"`.
-Files: `model_config.json`, `train_config.json`, `model.safetensors`, `log_data.csv` (one row per evaluation).
-"""
-    with open(os.path.join(run_dir, "README.md"), "w") as f:
-        f.write(text)
+def log_evaluation(run, state, lr, grad_norm, tok_s, bar):
+    """Evaluate, append a log_data.csv row, call on_eval, show it on the progress bar."""
+    val_loss, val_se, val_terms = evaluate(run.model, run.dataset, run.train_cfg.batch_size, run.device,
+                                           run.use_autocast)
+    row = {"step": state.step, "tokens": state.tokens, "elapsed_s": round(state.elapsed_s, 2), "lr": lr,
+           "train_loss": state.loss_sum / state.loss_count, "val_loss": val_loss, "val_loss_se": val_se,
+           "val_bpc": run.dataset.bits_per_char(val_loss), "tokens_per_s": round(tok_s, 1), "grad_norm": grad_norm,
+           **{f"train_{k}": v / state.loss_count for k, v in state.terms_sum.items()},
+           **{f"val_{k}": v for k, v in val_terms.items()}}
+    runs.append_log(run.out, row)
+    if run.on_eval is not None:
+        run.on_eval(row)
+    total, _ = tools.count_parameters(run.model)
+    mfu = tools.estimate_mfu(sizing.flops_per_token(total, run.model_cfg), tok_s, run.device)
+    bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{val_loss:.3f}", bpc=f"{row['val_bpc']:.3f}",
+                    lr=f"{lr:.1e}", tok_s=f"{tok_s:,.0f}", **({"mfu": f"{mfu:.1%}"} if mfu else {}))
 
 
 def resume_run(run_dir, progress=True, command=None):
@@ -416,26 +358,29 @@ def resume_run(run_dir, progress=True, command=None):
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise FileNotFoundError(f"cannot resume {run_dir}: missing {missing}")
-    model_cfg = config.load_json(config.ModelConfig, paths[0])
-    train_cfg = config.load_json(config.TrainConfig, paths[1])
+    model_cfg, train_cfg = runs.load_configs(run_dir)
     train_cfg.out_dir, train_cfg.name = os.path.dirname(run_dir), os.path.basename(run_dir)
     return train(model_cfg, train_cfg, resume=True, progress=progress, command=command)
 
 
 def main(argv=None):
     parser = tools.ArgumentParser(description=__doc__)
-    parser.add_argument("--preset", default="llama_1m", help=f"one of {list(config.PRESETS)} (default llama_1m)")
+    parser.add_argument("--preset", default="llama_1m", help=f"one of {list(presets.PRESETS)} (default llama_1m)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in this folder")
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run folder of the same name")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     config.add_config_arguments(parser)
     args = parser.parse_args(argv)
     command = "python train.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    overrides = config.overrides_from_args(args)
     try:
         if args.resume:
+            if overrides:
+                raise ValueError(f"--resume continues a run with the configs stored in it; "
+                                 f"{', '.join('--' + k for k in overrides)} cannot change them (train a new run instead)")
             resume_run(args.resume, progress=not args.no_progress, command=command)
         else:
-            model_cfg, train_cfg = config.get_preset(args.preset, **config.overrides_from_args(args))
+            model_cfg, train_cfg = presets.get_preset(args.preset, **overrides)
             train(model_cfg, train_cfg, overwrite=args.overwrite, progress=not args.no_progress, command=command)
     except (*tools.USER_ERRORS, data.DataUnavailable, NonFiniteLoss) as e:
         tools.fail(e)

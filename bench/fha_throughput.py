@@ -13,10 +13,10 @@ import sys
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(HERE), os.path.join(os.path.dirname(HERE), "tests")]
+sys.path.insert(0, os.path.dirname(HERE))
 import config  # noqa: E402
-from modules.fractal_head_attention import FractalHeadAttention  # noqa: E402
-from test_fractal_head_attention import naive_reference  # noqa: E402
+import presets  # noqa: E402
+from modules.fractal_head_attention import FractalHeadAttention, naive_reference  # noqa: E402
 from timing import median_time  # noqa: E402
 
 
@@ -67,7 +67,7 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--bf16", action="store_true", help="run everything under bf16 autocast (CPU), as training does by default")
     args = p.parse_args()
-    cfg, _ = config.get_preset(args.preset)
+    cfg, _ = presets.get_preset(args.preset)
     torch.manual_seed(0)
     attn = FractalHeadAttention(cfg, 0)
     T = cfg.max_seq_len

@@ -13,6 +13,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import config  # noqa: E402
+import presets  # noqa: E402
 from modules.memory_mosaics import leaky_average  # noqa: E402
 from timing import median_time  # noqa: E402
 
@@ -30,7 +31,7 @@ def main():
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--steps", type=int, default=10)
     args = p.parse_args()
-    cfg, _ = config.get_preset("mm_1m")
+    cfg, _ = presets.get_preset("mm_1m")
     x = torch.randn(args.batch_size, cfg.num_q_heads, cfg.max_seq_len, cfg.head_dim, requires_grad=True)
     beta = torch.linspace(0.5, 5.0, cfg.num_q_heads).requires_grad_(True)
     diff = (leaky_average(x, beta) - dense_leaky_average(x, beta)).abs().max().item()

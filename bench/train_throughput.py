@@ -14,6 +14,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import config  # noqa: E402
+import presets  # noqa: E402
 import tools  # noqa: E402
 from modules import build_model  # noqa: E402
 from train import make_optimizer  # noqa: E402
@@ -24,7 +25,7 @@ MODES = {"eager fp32": (False, False), "bf16 autocast": (True, False), "compiled
 
 
 def measure(preset, use_autocast, use_compile, steps, batch_size, warmup, device):
-    model_cfg, train_cfg = config.get_preset(preset)
+    model_cfg, train_cfg = presets.get_preset(preset)
     tools.seed_everything(0)
     model = build_model(model_cfg).to(device)
     optimizer = make_optimizer(model, train_cfg, device)

@@ -1,7 +1,15 @@
 """The model package. The registry maps ModelConfig.model_type to a model class.
 
-Adding an architecture: one file in this folder, one line below, one preset in config.py.
+Adding an architecture: one file in this folder (the idea, the fast code, its literal
+reference; its knobs' checks, demo overrides and own fields declared on the class), one line
+below, its fields in config.py (and its name in ModelConfig.model_type's choices), a preset
+and its control in presets.py, and its test.
 """
+import dataclasses
+
+import torch
+
+from modules import sizing
 from modules.logging import LoggingModule, log_io, set_tracing, trace  # noqa: F401
 from modules.encoder_decoder import EncoderDecoder
 from modules.fractal_head_attention import FractalHeadGPT
@@ -23,15 +31,37 @@ def registered_types():
 
 
 def validate_config(cfg):
-    """Architecture-specific checks of a ModelConfig (a model class may define validate_config)."""
-    check = getattr(MODEL_REGISTRY[cfg.model_type], "validate_config", None)
-    if check is not None:
-        check(cfg)
+    """Architecture checks of a ModelConfig: no field is set (away from its default) that this
+    architecture would ignore (another architecture's knob, or one its class lists in
+    `ignored_fields`), then the class's own `validate_config`."""
+    cls = MODEL_REGISTRY[cfg.model_type]
+    owner = {name: t for t, c in MODEL_REGISTRY.items() if c is not cls for name in c.own_fields}
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.init}
+    for name in sorted(set(owner) - set(cls.own_fields) | set(cls.ignored_fields)):
+        value = getattr(cfg, name)
+        if value != defaults[name]:
+            used_by = f"a knob of model_type={owner[name]!r}" if name in owner else "a field this architecture ignores"
+            raise ValueError(f"{name}={value!r} is invalid for model_type={cfg.model_type!r}: it is {used_by}, so it "
+                             f"would change nothing; leave it at its default {defaults[name]!r}")
+    cls.validate_config(cfg)
+
+
+def estimate_training_memory(model_cfg, train_cfg):
+    """Bytes a training step of these configs needs (modules.sizing.training_memory)."""
+    validate_config(model_cfg)  # before a meta build: an impossible FHA layout must not even start one
+    params, _ = sizing.unbuilt_size(MODEL_REGISTRY[model_cfg.model_type], model_cfg)
+    return sizing.training_memory(params, model_cfg, train_cfg)
+
+
+def check_weights_fit(cfg, device=None):
+    """ValueError unless the weights of cfg fit in the memory free on device (default: the CPU's)."""
+    validate_config(cfg)
+    sizing.check_weights_fit(MODEL_REGISTRY[cfg.model_type], cfg, device or torch.device("cpu"))
 
 
 def build_model(cfg):
-    """Instantiate the model class registered for cfg.model_type. A config whose weights alone
-    would not fit in memory is refused (ValueError) before anything is allocated."""
-    import tools
-    tools.check_weights_fit(cfg)
+    """Instantiate the model class registered for cfg.model_type, after the architecture's
+    checks; a config whose weights alone would not fit in memory is refused (ValueError) before
+    anything is allocated."""
+    check_weights_fit(cfg)
     return MODEL_REGISTRY[cfg.model_type](cfg)

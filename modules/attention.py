@@ -115,6 +115,11 @@ class KVCache(DecodeCache):
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
 
 
+def rope_frequencies(dim, theta):
+    """(dim/2,) inverse frequencies theta^(-2j/dim) of RoPE (and of the sinusoidal table)."""
+    return 1.0 / theta ** (torch.arange(0, dim, 2).float() / dim)
+
+
 def rope_tables(inv_freq, positions):
     """cos, sin of shape (len(positions), d) for rotate-half RoPE with d/2 frequencies inv_freq:
     each angle appears twice, for channel j and its partner j + d/2."""
@@ -137,8 +142,7 @@ class RotaryEmbedding(LoggingModule):
 
     def __init__(self, head_dim, max_seq_len, theta=10000.0):
         super().__init__()
-        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
-        cos, sin = rope_tables(inv_freq, torch.arange(max_seq_len))  # (max_seq_len, D)
+        cos, sin = rope_tables(rope_frequencies(head_dim, theta), torch.arange(max_seq_len))  # (max_seq_len, D)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 

@@ -28,11 +28,12 @@ from modules.attention import Attention, KVCache
 from modules.layer import ResidualLayer, make_norm
 from modules.logging import LoggingModule, log_io
 from modules.mlp import MLP
-from modules.model import GPT, PAD_ID
+from config import PAD_ID
+from modules.model import GPT
 
 
 def validate_config(cfg):
-    if not isinstance(cfg.encoder_layers, int) or cfg.encoder_layers < 1:
+    if cfg.encoder_layers < 1:
         raise ValueError(f"encoder_layers={cfg.encoder_layers!r} is invalid: must be a positive integer")
 
 
@@ -40,7 +41,7 @@ class EncoderAttention(Attention):
     """Bidirectional self-attention over the source; `key_mask` (B, 1, 1, S) bool hides padding."""
 
     @log_io
-    def forward(self, x, positions, key_mask=None):
+    def forward(self, x, positions, cache=None, key_mask=None):
         B, T, _ = x.shape
         q, k, v = self.project_qkv(x, positions)
         return self.out(self.attend(q, k, v, key_mask, is_causal=False).transpose(1, 2).reshape(B, T, -1))
@@ -107,6 +108,8 @@ class EncoderDecoder(GPT):
     """Encoder layers + decoder layers (GPT's `layers`) + an optional copy head."""
 
     validate_config = staticmethod(validate_config)
+    own_fields = ("encoder_layers", "encdec_copy")
+    ignored_fields = ("post_branch_norm",)  # the decoder layer has no post-branch norms
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -131,7 +134,7 @@ class EncoderDecoder(GPT):
         positions = torch.arange(source.shape[1], device=source.device)
         x = self.embed_tokens(source, positions)
         for layer in self.encoder:
-            x = layer(x, positions, key_mask)
+            x = layer(x, positions, key_mask=key_mask)
         return self.encoder_norm(x), key_mask
 
     def example_inputs(self, batch_size):

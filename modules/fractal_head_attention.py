@@ -28,10 +28,12 @@ Vectorised: one scaled_dot_product_attention call per level (H calls), no loop o
 or positions. The cache holds keys as project_qkv returns them: rotated for 'subband' (as the
 baseline), un-rotated for 'per_head', where levels rotate the shared key differently.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 
-from modules.attention import Attention, apply_rope, rope_tables
+from modules.attention import Attention, apply_rope, rope_frequencies, rope_tables
 from modules.layer import ResidualLayer
 from modules.logging import log_io
 from modules.model import GPT
@@ -44,20 +46,20 @@ def level_sizes(cfg):
 
 
 def validate_config(cfg):
-    """Clear errors for FHA settings that cannot work (called by ModelConfig)."""
+    """Clear errors for FHA settings that cannot work (called where a config enters)."""
     s, H, D = cfg.fractal_split, cfg.num_q_heads, cfg.head_dim
-    if not isinstance(s, int) or s < 1:
+    if s < 1:
         raise ValueError(f"fractal_split={s!r} is invalid: must be an integer >= 1")
+    if s > 1 and H - 1 > math.log(D, s) + 1e-9:  # s**(H-1) > D: refused before building a huge integer
+        raise ValueError(f"num_q_heads={H} is invalid for fractal_split={s} with head_dim={D}: the last level would "
+                         f"split a head of {D} channels into {s}**{H - 1} sub-heads; at most "
+                         f"{1 + int(math.log(D, s) + 1e-9)} query heads fit")
     if D % s ** (H - 1):
         raise ValueError(f"head_dim={D} is invalid for fractal_split={s} with num_q_heads={H}: "
                          f"it must be divisible by fractal_split**(num_q_heads-1) = {s ** (H - 1)}")
     if cfg.pos_encoding == "rope" and (D // s ** (H - 1)) % 2:
         raise ValueError(f"head_dim={D} is invalid for RoPE with fractal_split={s}, num_q_heads={H}: the "
                          f"smallest sub-head has odd size {D // s ** (H - 1)}; RoPE needs even sub-head sizes")
-    if cfg.fractal_scale not in ("full", "per_head"):
-        raise ValueError(f"fractal_scale={cfg.fractal_scale!r} is invalid: must be one of ['full', 'per_head']")
-    if cfg.fractal_rope not in ("subband", "per_head"):
-        raise ValueError(f"fractal_rope={cfg.fractal_rope!r} is invalid: must be one of ['subband', 'per_head']")
 
 
 class FractalHeadAttention(Attention):
@@ -73,8 +75,7 @@ class FractalHeadAttention(Attention):
         if self.per_head_rope:
             self.rope = None  # rotation happens per sub-head, after the split
             for i, (n, d) in enumerate(self.levels):
-                inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, d, 2).float() / d)
-                cos, sin = rope_tables(inv_freq, torch.arange(cfg.max_seq_len))  # (max_seq_len, d), for all n sub-heads
+                cos, sin = rope_tables(rope_frequencies(d, cfg.rope_theta), torch.arange(cfg.max_seq_len))  # (max_seq_len, d), for all n sub-heads
                 self.register_buffer(f"cos_{i}", cos, persistent=False)
                 self.register_buffer(f"sin_{i}", sin, persistent=False)
 
@@ -130,6 +131,49 @@ class FractalHeadGPT(GPT):
     """The baseline GPT with Fractal-Head Attention in every layer."""
 
     validate_config = staticmethod(validate_config)
+    own_fields = ("fractal_split", "fractal_scale", "fractal_rope")
 
     def make_layer(self, cfg, layer_idx):
         return ResidualLayer(cfg, FractalHeadAttention(cfg, layer_idx))
+
+
+# --- the literal reference (tests and bench/fha_throughput.py compare the fast code with it) ---------
+def naive_reference(attn, cfg, x):
+    """The original's computation written literally: a Python loop over levels and sub-heads,
+    explicit softmax over a causal mask. 'subband' RoPE is the original's: interleaved pairs
+    (channels 2j, 2j+1), applied once at the full head size, then contiguous slices. The module
+    keeps q/k in rotate-half order (pair j = channels j, j + D/2), so its projections are first
+    put into the original's channel order. 'per_head' rotates each slice at its own size."""
+    B, T, _ = x.shape
+    H, K, D, s = cfg.num_q_heads, cfg.num_kv_heads, cfg.head_dim, cfg.fractal_split
+    q, k, v = attn.qkv(x).view(B, T, H + 2 * K, D).split([H, K, K], dim=2)  # (B, T, heads, D)
+    pos = torch.arange(T).float()
+    if cfg.pos_encoding == "rope" and cfg.fractal_rope == "subband":
+        def interleaved_rope(t):
+            t = t.view(B, T, -1, 2, D // 2).transpose(-1, -2).reshape(B, T, -1, D // 2, 2)  # original order
+            freq = rope_frequencies(D, cfg.rope_theta)
+            rotation = torch.polar(torch.ones(T, D // 2), pos[:, None] * freq)[:, None]  # (T, 1, D/2)
+            return torch.view_as_real(torch.view_as_complex(t.contiguous()) * rotation).flatten(-2)
+        q, k = interleaved_rope(q), interleaved_rope(k)
+    out = []
+    for i in range(H):
+        n, d = s ** i, D // s ** i
+        level = []
+        for r in range(n):
+            qs = q[:, :, i, r * d:(r + 1) * d]
+            ks = k[:, :, i // (H // K), r * d:(r + 1) * d]
+            vs = v[:, :, i // (H // K), r * d:(r + 1) * d]
+            if cfg.pos_encoding == "rope" and cfg.fractal_rope == "per_head":
+                ang = pos[:, None] * rope_frequencies(d, cfg.rope_theta)
+                cos, sin = ang.cos(), ang.sin()
+
+                def rot(t):
+                    a, b = t[..., :d // 2], t[..., d // 2:]
+                    return torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1)
+                qs, ks = rot(qs), rot(ks)
+            scale = 1 / math.sqrt(D if cfg.fractal_scale == "full" else d)
+            scores = (qs @ ks.transpose(1, 2)) * scale
+            scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+            level.append(scores.softmax(-1) @ vs)
+        out.append(torch.cat(level, dim=-1))
+    return attn.out(torch.cat(out, dim=-1))

@@ -33,10 +33,9 @@ from torch import nn
 
 from modules.layer import make_norm
 from modules.logging import LoggingModule, log_io
-from modules.model import GPT, IGNORE_INDEX
+from config import IGNORE_INDEX
+from modules.model import GPT
 
-TARGETS = ("sum", "mean", "max", "linear", "norm", "bag")
-LOSSES = ("cos", "mse", "mae", "bag_ce", "bce")
 BAG_LOSSES = ("bag_ce", "bce")
 
 
@@ -57,17 +56,13 @@ def future_chunks(targets, start, size):
 
 
 def validate_config(cfg):
-    """Clear errors for FutureFormer settings that cannot work (called by ModelConfig)."""
+    """Clear errors for FutureFormer settings that cannot work (called where a config enters)."""
     p, m = cfg.ff_scales, cfg.ff_mult
     if not isinstance(p, int) or not 1 <= p <= cfg.num_layers - 1:
         raise ValueError(f"ff_scales={p!r} is invalid: must be an integer in [1, num_layers - 1 = "
                          f"{cfg.num_layers - 1}] (the farthest scale is predicted after layer L-1-p)")
     if not isinstance(m, int) or m < 1:
         raise ValueError(f"ff_mult={m!r} is invalid: must be an integer >= 1")
-    for name, value, options in (("ff_window", cfg.ff_window, ("disjoint", "nested")),
-                                 ("ff_target", cfg.ff_target, TARGETS), ("ff_loss", cfg.ff_loss, LOSSES)):
-        if value not in options:
-            raise ValueError(f"{name}={value!r} is invalid: must be one of {list(options)}")
     if (cfg.ff_target == "bag") != (cfg.ff_loss in BAG_LOSSES):
         raise ValueError(f"ff_loss={cfg.ff_loss!r} does not fit ff_target={cfg.ff_target!r}: bag_ce and bce "
                          "score the bag of tokens (ff_target='bag'); cos, mse and mae score a pooled embedding")
@@ -129,6 +124,8 @@ class FutureFormer(GPT):
     """The baseline GPT trunk plus per-scale future heads and read-ins (module docstring)."""
 
     validate_config = staticmethod(validate_config)
+    own_fields = ("ff_scales", "ff_mult", "ff_window", "ff_target", "ff_loss", "ff_lambda")
+    demo_overrides = {"ff_scales": 1}
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -13,8 +13,9 @@ def make_norm(cfg, dim=None):
 
 class ResidualLayer(LoggingModule):
     """(B, T, dim) -> (B, T, dim). `mixer` mixes positions (attention or an architecture's
-    replacement, called as mixer(x, positions, cache)); `mlp` mixes channels (called as
-    mlp(x, cache), for replacements that keep decoding state). With
+    replacement, called as mixer(x, positions, cache, **mixer_inputs): an encoder's key mask,
+    say); `mlp` mixes channels (called as mlp(x, cache), for replacements that keep decoding
+    state). With
     cfg.post_branch_norm each branch output is normalised again before the add (Grok style)."""
 
     def __init__(self, cfg, mixer, mlp=None):
@@ -28,6 +29,6 @@ class ResidualLayer(LoggingModule):
         self.branch_dropout = nn.Dropout(cfg.dropout)
 
     @log_io
-    def forward(self, x, positions, cache=None):
-        x = x + self.branch_dropout(self.mixer_post_norm(self.mixer(self.mixer_norm(x), positions, cache)))
+    def forward(self, x, positions, cache=None, **mixer_inputs):
+        x = x + self.branch_dropout(self.mixer_post_norm(self.mixer(self.mixer_norm(x), positions, cache, **mixer_inputs)))
         return x + self.mlp_post_norm(self.mlp(self.mlp_norm(x), cache))

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modules import sizing
 from modules.attention import DecodeCache
 from modules.layer import ResidualLayer
 from modules.logging import LoggingModule, log_io
@@ -53,6 +54,7 @@ def pmem_size(cfg):
     return cfg.mm_pmem_size or max(1, round(3.5 * cfg.dim))
 
 
+# --- the training path: every position at once -----------------------------------------------
 def leaky_average(x, beta, state=None, chunk=16):
     """Causal leaky average along time, current step included:
         y_t = sum_{s<=t} exp(-beta (t - s)) x_s  (+ exp(-beta (t + 1)) * state)
@@ -89,6 +91,7 @@ def normalize(x, scale):
     return x / (x.norm(dim=-1, keepdim=True) + EPS) * scale[:, None, None].to(x.dtype)
 
 
+# --- the decoding path: new tokens over a cache of what came before ------------------------------
 def store_state(state, name, value):
     """Keep a decoding state tensor of fixed shape: a copy the first time, then written in place,
     so a compiled decode step mutates its inputs instead of returning new ones (CUDA graphs need
@@ -119,6 +122,7 @@ class MosaicCache(DecodeCache):
         return (slot[None, :] <= query[:, None] - 1)[None] & (slot[None, None, :] >= self.pad[:, None, None])
 
 
+# --- the blocks (ContextMemory holds both paths: retrieve for training, decode for decoding) --------
 class LeakyKeys(LoggingModule):
     """Key featuriser: W_k, leaky average with a learned decay per head, L2 normalisation and a scale."""
 
@@ -243,9 +247,46 @@ class MemoryMosaics(GPT):
     """The GPT skeleton (embedding, final norm, tied head, loss) with Memory Mosaics blocks."""
 
     validate_config = staticmethod(validate_config)
+    own_fields = ("mm_pmem_size", "mm_key_scale_max")
+    # every head has its own keys and values, there is no MLP and no position encoding
+    ignored_fields = ("num_kv_heads", "mlp_activation", "mlp_gated", "mlp_hidden_mult", "rope_theta")
+    demo_overrides = {"mm_pmem_size": 8}
+    weights_lower_bound = staticmethod(sizing.mosaics_weights_lower_bound)
 
     def make_layer(self, cfg, layer_idx):
         return ResidualLayer(cfg, ContextMemory(cfg, layer_idx), mlp=PersistentMemory(cfg, layer_idx))
 
     def new_cache(self, batch_size, pad=None, **inputs):
         return MosaicCache(batch_size, self.cfg.max_seq_len, next(self.parameters()).device, pad)
+
+
+# --- the literal reference (tests and bench/mm_leaky_average.py compare the fast code with it) ------
+def recurrence(x, beta, state=None):
+    """leaky_average written literally: kbar_t = exp(-beta) kbar_{t-1} + x_t, one step at a time."""
+    lam = torch.exp(-beta)[None, :, None]
+    h = torch.zeros_like(x[:, :, 0]) if state is None else state
+    out = []
+    for t in range(x.shape[2]):
+        h = lam * h + x[:, :, t]
+        out.append(h)
+    return torch.stack(out, dim=2)
+
+
+def naive_context_memory(mem, x):
+    """ContextMemory written literally: recurrence keys, look-ahead values, a loop over t."""
+    B, T, C = x.shape
+    nh, hs = mem.nh, mem.hs
+    raw_k = mem.keys.W_k(x).view(B, T, nh, hs).transpose(1, 2)
+    kbar = recurrence(raw_k, SCALAR_MULT * mem.keys.leaky_beta.abs())
+    sigma = torch.exp((SCALAR_MULT * mem.keys.key_scale).clamp(max=mem.keys.scale_max))[None, :, None, None]
+    k = sigma * kbar / kbar.norm(dim=-1, keepdim=True)
+    raw_v = mem.W_v(x).view(B, T, nh, hs).transpose(1, 2)
+    nxt = torch.cat([raw_v[:, :, 1:], torch.zeros_like(raw_v[:, :, :1])], dim=2)
+    gamma = mem.value_mix[None, :, None, None]
+    vhat = gamma * raw_v + (1 - gamma) * nxt
+    v = torch.exp(SCALAR_MULT * mem.value_scale)[None, :, None, None] * vhat / vhat.norm(dim=-1, keepdim=True)
+    y = torch.zeros_like(k)
+    for t in range(1, T):
+        w = torch.softmax(k[:, :, t:t + 1] @ k[:, :, :t].transpose(-1, -2), dim=-1)  # temperature 1, s <= t-1
+        y[:, :, t] = (w @ v[:, :, :t])[:, :, 0]
+    return y, k, v

@@ -13,6 +13,10 @@ Contract kept by every architecture (see README, "Adding an architecture"):
   model.no_weight_decay()                    names of parameters that take no weight decay
   model.example_inputs(batch_size)           extra keyword inputs a forward needs, made up (for
       shape traces and generic tests); {} for a language model
+Declared on the class (read before a model exists): `validate_config(cfg)` (its knobs' checks),
+`own_fields` (config fields only it uses), `ignored_fields` (shared fields it does not use:
+setting them is an error), `demo_overrides` (presets.demo_config) and `weights_lower_bound`
+(modules/sizing.py).
 """
 import math
 
@@ -20,23 +24,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.attention import Attention, KVCache
+from config import IGNORE_INDEX
+from modules import sizing
+from modules.attention import Attention, KVCache, rope_frequencies
 from modules.layer import ResidualLayer, make_norm
 from modules.logging import LoggingModule, log_io
-
-IGNORE_INDEX = -100  # a target that takes no loss (PyTorch's default; never the padding id)
-PAD_ID = 1  # every tokenizer in tokenizers/ has <|endoftext|> = 0 and <|pad|> = 1 (encoder inputs are padded with it)
 
 
 def sinusoidal_table(max_len, dim, theta=10000.0):
     """(max_len, dim) fixed sin/cos position table (Vaswani et al.)."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2).float() / dim)
+    inv_freq = rope_frequencies(dim, theta)
     angles = torch.outer(torch.arange(max_len).float(), inv_freq)
     return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)
 
 
 class GPT(LoggingModule):
     """Token embedding -> num_layers residual layers -> final norm -> output head."""
+
+    own_fields, ignored_fields, demo_overrides = (), (), {}
+    weights_lower_bound = staticmethod(sizing.baseline_weights_lower_bound)
+
+    @staticmethod
+    def validate_config(cfg):
+        """The baseline has no knobs of its own beyond config.py's checks."""
 
     def __init__(self, cfg):
         super().__init__()

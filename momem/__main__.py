@@ -3,6 +3,7 @@ import os
 import sys
 
 import config
+import presets
 import data
 import tools
 import train
@@ -50,7 +51,7 @@ def main(argv=None):
                     train.resume_run(os.path.join(config.ROOT, "trained", name), progress=not args.no_progress)
                     continue
                 overrides = {"max_steps": args.max_steps} if args.max_steps is not None else {}
-                model_cfg, train_cfg = config.get_preset(name, **overrides)
+                model_cfg, train_cfg = presets.get_preset(name, **overrides)
                 train.train(model_cfg, train_cfg, overwrite=args.overwrite, progress=not args.no_progress,
                             command="python -m momem " + " ".join(sys.argv[1:] if argv is None else argv))
         elif args.command == "ask":

@@ -19,6 +19,7 @@ import os
 import torch
 
 import data
+import tools
 from config import ROOT
 from momem import people
 
@@ -46,11 +47,7 @@ def response_source(name, summary):
 
 def encode_sources(tokenizer, texts):
     """(B, S) ids of texts, right-padded with PAD_ID (the encoder masks padding)."""
-    ids = [tokenizer.encode(t).ids or [data.PAD_ID] for t in texts]
-    out = torch.full((len(ids), max(map(len, ids))), data.PAD_ID, dtype=torch.long)
-    for row, seq in enumerate(ids):
-        out[row, :len(seq)] = torch.tensor(seq)
-    return out
+    return tools.pad_rows([tokenizer.encode(t).ids or [data.PAD_ID] for t in texts], data.PAD_ID)
 
 
 class MomemTask:
@@ -91,19 +88,11 @@ class MomemTask:
     def collate(self, items):
         """Dict batch padded to its longest example: tokens (B, T), targets (B, T) counting only
         the answer, source (B, S)."""
-        T = max(len(it["tokens"]) for it in items)
-        tokens = torch.full((len(items), T), data.PAD_ID, dtype=torch.long)
-        targets = torch.full((len(items), T), data.IGNORE_INDEX, dtype=torch.long)
-        for row, it in enumerate(items):
-            n, a = len(it["tokens"]), len(it["targets"])
-            tokens[row, :n] = torch.tensor(it["tokens"])
-            targets[row, n - a:n] = torch.tensor(it["targets"])
-        batch = {"tokens": tokens, "targets": targets}
+        tokens = tools.pad_rows([it["tokens"] for it in items], data.PAD_ID)
+        answers = [[data.IGNORE_INDEX] * (len(it["tokens"]) - len(it["targets"])) + it["targets"] for it in items]
+        batch = {"tokens": tokens, "targets": tools.pad_rows(answers, data.IGNORE_INDEX, length=tokens.shape[1])}
         if self.has_source:
-            S = max(len(it["source"]) for it in items)
-            batch["source"] = torch.full((len(items), S), data.PAD_ID, dtype=torch.long)
-            for row, it in enumerate(items):
-                batch["source"][row, :len(it["source"])] = torch.tensor(it["source"])
+            batch["source"] = tools.pad_rows([it["source"] for it in items], data.PAD_ID)
         return batch
 
     def describe(self):

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 import inference
+import tools
 from config import ROOT
 from momem import people
 from momem.examples import data_folder, decoder_prompt, encode_sources, response_source
@@ -204,10 +205,7 @@ def summarize(rows):
 def to_markdown(rows, summary):
     lines = ["# MoMeM evaluation", "", "Greedy decoding; every rate is over the questions of its split and "
              "category. `unknown` asks about people not in the memory store (right answer: unknown).", ""]
-    columns = list(summary.columns)
-    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for _, r in summary.iterrows():
-        lines.append("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in columns) + " |")
+    lines.append(tools.markdown_table(summary, float_format="{:.3f}"))
     none = rows[rows["category"] == "none"]
     if len(none):
         lines += ["", f"Questions about nobody: {none['chained_ok'].mean():.3f} answered that no name was found "

@@ -43,11 +43,19 @@ def _seed():
 
 def tiny_configs(**overrides):
     """(ModelConfig, TrainConfig) of the tiny preset, CPU, no compile, fixture data."""
-    from config import get_preset
+    from presets import get_preset
     settings = dict(device="cpu", compile="off", autocast="off", data_dir=FIXTURE_DATA, batch_size=8,
                     eval_tokens=2048, eval_interval=10, checkpoint_interval=10, max_steps=20)
     settings.update(overrides)
     return get_preset("tiny", **settings)
+
+
+def validated(model_cfg):
+    """model_cfg after the architecture's own checks (modules.validate_config), as where a
+    config enters (presets, a run's configs, build_model)."""
+    import modules
+    modules.validate_config(model_cfg)
+    return model_cfg
 
 
 def ln(v):

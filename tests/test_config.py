@@ -4,7 +4,8 @@ import json
 import pytest
 
 import config
-from config import ModelConfig, TrainConfig, get_preset
+from config import ModelConfig, TrainConfig
+from presets import get_preset
 
 
 @pytest.mark.parametrize("kwargs, words", [

@@ -3,59 +3,20 @@ import math
 import pytest
 import torch
 
-from config import ModelConfig, get_preset
-from conftest import (FIXTURE_DATA, assert_cache_matches_full, assert_causal, random_token_heldout_loss,
+from config import ModelConfig
+import presets
+from presets import get_preset
+from conftest import (FIXTURE_DATA, validated, assert_cache_matches_full, assert_causal, random_token_heldout_loss,
                       tiny_configs)
 from modules import build_model
 from modules.attention import Attention
-from modules.fractal_head_attention import FractalHeadAttention
+from modules.fractal_head_attention import FractalHeadAttention, naive_reference
 
 
 def fha_cfg(**kw):
     base = dict(model_type="fha", dim=32, num_layers=2, num_q_heads=3, num_kv_heads=1, head_dim=16,
                 fractal_split=2, max_seq_len=64, tokenizer="bpe512")
-    return ModelConfig(**{**base, **kw})
-
-
-def naive_reference(attn, cfg, x):
-    """The original's computation written literally: a Python loop over levels and sub-heads,
-    explicit softmax over a causal mask. 'subband' RoPE is the original's: interleaved pairs
-    (channels 2j, 2j+1), applied once at the full head size, then contiguous slices. The module
-    keeps q/k in rotate-half order (pair j = channels j, j + D/2), so its projections are first
-    put into the original's channel order. 'per_head' rotates each slice at its own size."""
-    B, T, _ = x.shape
-    H, K, D, s = cfg.num_q_heads, cfg.num_kv_heads, cfg.head_dim, cfg.fractal_split
-    q, k, v = attn.qkv(x).view(B, T, H + 2 * K, D).split([H, K, K], dim=2)  # (B, T, heads, D)
-    pos = torch.arange(T).float()
-    if cfg.pos_encoding == "rope" and cfg.fractal_rope == "subband":
-        def interleaved_rope(t):
-            t = t.view(B, T, -1, 2, D // 2).transpose(-1, -2).reshape(B, T, -1, D // 2, 2)  # original order
-            freq = 1.0 / cfg.rope_theta ** (torch.arange(0, D, 2).float() / D)
-            rotation = torch.polar(torch.ones(T, D // 2), pos[:, None] * freq)[:, None]  # (T, 1, D/2)
-            return torch.view_as_real(torch.view_as_complex(t.contiguous()) * rotation).flatten(-2)
-        q, k = interleaved_rope(q), interleaved_rope(k)
-    out = []
-    for i in range(H):
-        n, d = s ** i, D // s ** i
-        level = []
-        for r in range(n):
-            qs = q[:, :, i, r * d:(r + 1) * d]
-            ks = k[:, :, i // (H // K), r * d:(r + 1) * d]
-            vs = v[:, :, i // (H // K), r * d:(r + 1) * d]
-            if cfg.pos_encoding == "rope" and cfg.fractal_rope == "per_head":
-                ang = pos[:, None] * (1.0 / cfg.rope_theta ** (torch.arange(0, d, 2).float() / d))
-                cos, sin = ang.cos(), ang.sin()
-
-                def rot(t):
-                    a, b = t[..., :d // 2], t[..., d // 2:]
-                    return torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1)
-                qs, ks = rot(qs), rot(ks)
-            scale = 1 / math.sqrt(D if cfg.fractal_scale == "full" else d)
-            scores = (qs @ ks.transpose(1, 2)) * scale
-            scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
-            level.append(scores.softmax(-1) @ vs)
-        out.append(torch.cat(level, dim=-1))
-    return attn.out(torch.cat(out, dim=-1))
+    return validated(ModelConfig(**{**base, **kw}))
 
 
 LAYOUTS = [(2, 3, 1, 16), (2, 3, 3, 16), (2, 4, 2, 32), (3, 3, 1, 36), (4, 2, 1, 16), (2, 1, 1, 16),
@@ -126,6 +87,20 @@ def test_sub_head_scores_depend_only_on_relative_position():
 def test_invalid_layouts_are_rejected_with_clear_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         fha_cfg(**kw)
+
+
+@pytest.mark.parametrize("heads", [10_000, 1_000_000_000])
+def test_huge_head_counts_are_refused_at_once_naming_the_fields(heads):
+    """s**(H-1) is never built: refused in well under a second (it used to hang, or fail in
+    Python's integer-to-string limit), naming num_q_heads and fractal_split."""
+    import time
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=f"num_q_heads={heads} is invalid for fractal_split=3") as e:
+        fha_cfg(num_q_heads=heads, num_kv_heads=1, fractal_split=3)
+    assert "at most 3 query heads" in str(e.value)
+    assert time.perf_counter() - start < 1.0
+    with pytest.raises(ValueError, match=f"num_q_heads={heads}"):
+        presets.get_preset("fha_1m", num_q_heads=heads, fractal_split=3)
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(num_kv_heads=3, fractal_scale="per_head", fractal_rope="per_head"),

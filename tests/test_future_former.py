@@ -5,8 +5,9 @@ import pytest
 import torch
 
 import train
-from config import ModelConfig, get_preset
-from conftest import assert_cache_matches_full, assert_causal, random_token_heldout_loss, tiny_configs
+from config import ModelConfig
+from presets import get_preset
+from conftest import validated, assert_cache_matches_full, assert_causal, random_token_heldout_loss, tiny_configs
 from modules import GPT, build_model
 from modules.future_former import FutureFormer, chunk_spans, future_chunks
 
@@ -14,7 +15,7 @@ from modules.future_former import FutureFormer, chunk_spans, future_chunks
 def ff_cfg(**kw):
     base = dict(model_type="ff", dim=32, num_layers=4, num_q_heads=2, num_kv_heads=1, head_dim=16, max_seq_len=64,
                 tokenizer="bpe512", ff_scales=3, ff_mult=2)
-    return ModelConfig(**{**base, **kw})
+    return validated(ModelConfig(**{**base, **kw}))
 
 
 def slow_chunks(targets, start, size):

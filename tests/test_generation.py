@@ -5,6 +5,7 @@ import torch
 
 import data
 import inference
+import presets
 import tools
 from conftest import assert_cache_matches_full, tiny_configs, cli_error
 from modules import build_model
@@ -125,7 +126,7 @@ def test_shipped_model_tells_a_story():
 
 @pytest.mark.parametrize("model_type", __import__("modules").registered_types())
 def test_every_architecture_generates_batched_with_cache_equal_to_recomputation(model_type):
-    cfg = tools.demo_config(model_type)
+    cfg = presets.demo_config(model_type)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     tok = data.load_tokenizer(cfg.tokenizer)
@@ -166,7 +167,7 @@ def padded_batch(model, batch_size, length=14):
 def test_static_cache_steps_equal_growing_cache(model_type):
     """make_static: fixed-shape steps over all max_len slots give the growing cache's logits."""
     torch.manual_seed(0)
-    model = build_model(tools.demo_config(model_type)).eval()
+    model = build_model(presets.demo_config(model_type)).eval()
     x, pad, inputs = padded_batch(model, 2)
     torch.testing.assert_close(decode_one_by_one(model, x, pad, inputs, 5, static=True),
                                decode_one_by_one(model, x, pad, inputs, 5, static=False), atol=1e-5, rtol=1e-5)
@@ -178,7 +179,7 @@ def test_compiled_decode_step_equals_eager(model_type):
     """The compiled step (batch 1: fused matrix-vector loops; batch 2: left padding) gives the
     eager logits, and one compiled graph serves every step (no recompilation per position)."""
     torch.manual_seed(0)
-    model = build_model(tools.demo_config(model_type)).eval()
+    model = build_model(presets.demo_config(model_type)).eval()
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     step = inference.compiled_decode_step(model)

@@ -7,6 +7,8 @@ import optuna
 import pytest
 
 import config
+import presets
+import modules
 import tools
 import hparam_search as hs
 from conftest import FIXTURE_DATA, ROOT, cli_error
@@ -16,10 +18,10 @@ import json, sys
 sys.path.insert(0, {root!r})
 import torch
 torch.set_num_threads(1)
-import config
+import presets
 from modules import build_model
 from train import make_optimizer
-model_cfg, train_cfg = config.get_preset({preset!r}, **json.loads({overrides!r}))
+model_cfg, train_cfg = presets.get_preset({preset!r}, **json.loads({overrides!r}))
 x = torch.randint(model_cfg.vocab_size, (train_cfg.batch_size, model_cfg.max_seq_len))
 
 def peak_rss():  # VmHWM: this process's peak resident memory (ru_maxrss would include the parent's, kept over exec)
@@ -40,7 +42,7 @@ print(peak_rss() - before)
 def test_memory_estimate_within_a_factor_of_the_measured_peak(preset, overrides):
     script = MEASURE.format(root=ROOT, preset=preset, overrides=json.dumps(overrides))
     measured = int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
-    estimate = tools.estimate_training_memory(*config.get_preset(preset, **overrides))
+    estimate = modules.estimate_training_memory(*presets.get_preset(preset, **overrides))
     assert 1 / 1.5 <= estimate / measured <= 1.5, (estimate, measured)
 
 
@@ -116,7 +118,7 @@ def test_out_of_memory_in_training_prunes_the_trial(sweeps, monkeypatch):
     # an estimate that is wrong (here: forced to 1 MiB) lets a config through that needs ~3.5 GiB; its child
     # process may not grow past 1.2 GiB of private memory, fails to allocate, and the trial is pruned as out
     # of memory while the study goes on
-    monkeypatch.setattr(tools, "estimate_training_memory", lambda *_: 2**20)
+    monkeypatch.setattr(modules, "estimate_training_memory", lambda *_: 2**20)
     study = hs.search("oom", "tiny", ["batch_size=choice:4096"], trials=1, tokens=2048, fixed=TINY, memory_limit_gb=0.5,
                       child_overhead_gb=0.7, progress=False)
     trial = study.trials[0]

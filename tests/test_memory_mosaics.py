@@ -4,27 +4,18 @@ import pytest
 import torch
 
 import data
-from config import ModelConfig, get_preset
-from conftest import assert_cache_matches_full, assert_causal, random_token_heldout_loss, tiny_configs
+from config import ModelConfig
+from presets import get_preset
+from conftest import validated, assert_cache_matches_full, assert_causal, random_token_heldout_loss, tiny_configs
 from modules import build_model
-from modules.memory_mosaics import ContextMemory, PersistentMemory, leaky_average, pmem_size
+from modules.memory_mosaics import (ContextMemory, PersistentMemory, leaky_average, naive_context_memory, pmem_size,
+                                    recurrence)
 
 
 def mm_cfg(**kw):
     base = dict(model_type="mm", dim=16, num_layers=2, num_q_heads=2, num_kv_heads=1, mm_pmem_size=8,
                 pos_encoding="none", norm_type="layernorm", max_seq_len=64, tokenizer="bpe512")
-    return ModelConfig(**{**base, **kw})
-
-
-def recurrence(x, beta, state=None):
-    """kbar_t = exp(-beta) kbar_{t-1} + x_t, one step at a time."""
-    lam = torch.exp(-beta)[None, :, None]
-    h = torch.zeros_like(x[:, :, 0]) if state is None else state
-    out = []
-    for t in range(x.shape[2]):
-        h = lam * h + x[:, :, t]
-        out.append(h)
-    return torch.stack(out, dim=2)
+    return validated(ModelConfig(**{**base, **kw}))
 
 
 @pytest.mark.parametrize("T, chunk", [(1, 64), (7, 64), (64, 16), (100, 16), (130, 64)])
@@ -41,26 +32,6 @@ def test_leaky_average_gradcheck():
     beta = torch.tensor([0.3, 2.0], dtype=torch.float64, requires_grad=True)
     state = torch.randn(1, 2, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b, s: leaky_average(a, b, s, chunk=4), (x, beta, state))
-
-
-def naive_context_memory(mem, x):
-    """ContextMemory written literally: recurrence keys, look-ahead values, a loop over t."""
-    B, T, C = x.shape
-    nh, hs = mem.nh, mem.hs
-    raw_k = mem.keys.W_k(x).view(B, T, nh, hs).transpose(1, 2)
-    kbar = recurrence(raw_k, 10 * mem.keys.leaky_beta.abs())
-    sigma = torch.exp((10 * mem.keys.key_scale).clamp(max=5))[None, :, None, None]
-    k = sigma * kbar / kbar.norm(dim=-1, keepdim=True)
-    raw_v = mem.W_v(x).view(B, T, nh, hs).transpose(1, 2)
-    nxt = torch.cat([raw_v[:, :, 1:], torch.zeros_like(raw_v[:, :, :1])], dim=2)
-    gamma = mem.value_mix[None, :, None, None]
-    vhat = gamma * raw_v + (1 - gamma) * nxt
-    v = torch.exp(10 * mem.value_scale)[None, :, None, None] * vhat / vhat.norm(dim=-1, keepdim=True)
-    y = torch.zeros_like(k)
-    for t in range(1, T):
-        w = torch.softmax(k[:, :, t:t + 1] @ k[:, :, :t].transpose(-1, -2), dim=-1)  # temperature 1, s <= t-1
-        y[:, :, t] = (w @ v[:, :, :t])[:, :, 0]
-    return y, k, v
 
 
 def test_context_memory_matches_naive_loop_and_norms():

@@ -14,7 +14,8 @@ def two_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
     runs = []
     # two architectures and two tokenizers, compared in one process
-    mm_char = dict(model_type="mm", pos_encoding="none", mm_pmem_size=16, tokenizer="char")
+    mm_char = dict(model_type="mm", pos_encoding="none", mm_pmem_size=16, tokenizer="char",
+                   mlp_hidden_mult=4.0, num_kv_heads=1)  # tiny's MLP width is not a Memory Mosaics knob
     for name, overrides in (("a_gpt", dict()), ("b_mm_char", mm_char)):
         cfg, tcfg = tiny_configs(name=name, out_dir=str(out), max_steps=20, eval_interval=10, lr=1e-2, **overrides)
         runs.append(train.train(cfg, tcfg, progress=False))

@@ -88,7 +88,7 @@ def test_causality_future_tokens_never_change_past_logits(overrides):
 
 
 def test_initial_loss_close_to_ln_vocab():
-    from config import get_preset
+    from presets import get_preset
     for preset in ("llama_1m", "gpt2_1m"):
         cfg = get_preset(preset)[0]
         torch.manual_seed(0)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import config
+import presets
 import data
 import train
 from conftest import assert_cache_matches_full, random_token_heldout_loss, cli_error
@@ -143,7 +144,7 @@ def test_encoder_decoder_learns_to_copy_from_the_source(copy):
 
 
 def test_datasets_count_only_the_answer(folder):
-    model_cfg, train_cfg = config.get_preset("momem_summary", data_dir=folder, device="cpu")
+    model_cfg, train_cfg = presets.get_preset("momem_summary", data_dir=folder, device="cpu")
     task = SummaryExamples(model_cfg, train_cfg)
     batch = task.collate(task.valid[:3])
     tok = data.load_tokenizer("char")
@@ -155,18 +156,19 @@ def test_datasets_count_only_the_answer(folder):
         n = len(task.valid[row]["tokens"])
         assert (batch["tokens"][row, n:] == data.PAD_ID).all()
     assert task.batch_tokens(batch) == sum(len(ex["summary"]) + 1 for ex in examples)
-    ner = NERExamples(*config.get_preset("momem_ner", data_dir=folder))
+    ner = NERExamples(*presets.get_preset("momem_ner", data_dir=folder))
     assert "source" not in ner.collate(ner.valid[:2]) and len(ner.valid) == len(people.read(folder, "examples", "valid"))
     with pytest.raises(ValueError, match="max_seq_len=20"):
-        ResponseExamples(*config.get_preset("momem_response", data_dir=folder, max_seq_len=20))
+        ResponseExamples(*presets.get_preset("momem_response", data_dir=folder, max_seq_len=20))
 
 
 @pytest.fixture(scope="module")
 def tiny_modules(folder, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("trained"))
     for name in ("momem_ner", "momem_summary", "momem_response"):
-        model_cfg, train_cfg = config.get_preset(name, data_dir=folder, out_dir=out, dim=32, num_layers=1,
-                                                 encoder_layers=1, num_q_heads=2, num_kv_heads=2, head_dim=16,
+        encoder = {} if name == "momem_ner" else {"encoder_layers": 1}  # the NER model has no encoder
+        model_cfg, train_cfg = presets.get_preset(name, data_dir=folder, out_dir=out, dim=32, num_layers=1,
+                                                 **encoder, num_q_heads=2, num_kv_heads=2, head_dim=16,
                                                  max_steps=6, eval_interval=3, checkpoint_interval=3, batch_size=8,
                                                  device="cpu", autocast="off")
         train.train(model_cfg, train_cfg, progress=False)

@@ -20,6 +20,9 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 import config
+import presets
+import runs
+import modules
 import inference
 import model_comparison
 import tools
@@ -49,15 +52,15 @@ def test_fuzz_every_config_field(fields):
     or one ValueError naming a field. What passes is then checked to fit in memory without
     allocating (huge sizes are refused, never built)."""
     try:
-        model_cfg, train_cfg = config.get_preset("tiny", **fields)
+        model_cfg, train_cfg = presets.get_preset("tiny", **fields)
     except ValueError as e:
         assert_clear(e, *fields, "model_type=")  # an architecture's own check may name a related field
         event("refused")
         return
     event("valid config")
     try:
-        tools.check_weights_fit(model_cfg)
-        tools.check_fits(tools.estimate_training_memory(model_cfg, train_cfg), torch.device("cpu"), "training", "")
+        modules.check_weights_fit(model_cfg)
+        tools.check_fits(modules.estimate_training_memory(model_cfg, train_cfg), torch.device("cpu"), "training", "")
     except ValueError as e:
         assert "needs about" in str(e)
 
@@ -170,10 +173,10 @@ def test_damaged_logs_and_missing_runs_in_comparison(tiny_run, tmp_path, capsys)
         log = run / "log_data.csv"
         log.write_text(text if text is not None else log.read_text()[:-40].rsplit("\n", 1)[0][:-5])
         if name == "cut":  # only the last row is cut: the complete rows are still compared
-            assert len(tools.read_log(str(run))) >= 1
+            assert len(runs.read_log(str(run))) >= 1
             continue
         with pytest.raises((ValueError, FileNotFoundError)) as e:
-            tools.read_log(str(run))
+            runs.read_log(str(run))
         assert "log_data.csv" in str(e.value)
     for argv in (["/no/such/run"], [str(tmp_path / "empty")], [tiny_run, "--topk", "0"]):
         with cli_error(capsys, ""):
@@ -226,8 +229,9 @@ def test_malicious_and_damaged_checkpoints(tiny_run, tmp_path):
     shutil.copy(os.path.join(tiny_run, "model.safetensors"), weights)
     cfg_path = os.path.join(run, "model_config.json")
     cfg = json.loads(open(cfg_path).read())
-    open(cfg_path, "w").write(json.dumps({**cfg, "model_type": "mm", "pos_encoding": "none"}))  # another architecture
-    with pytest.raises(ValueError, match="does not match model_config.json"):
+    open(cfg_path, "w").write(json.dumps({**cfg, "model_type": "mm", "pos_encoding": "none",  # another architecture
+                                          "mlp_hidden_mult": 4.0}))  # (tiny's MLP width is no Memory Mosaics knob)
+    with pytest.raises(ValueError, match="belongs to another architecture.*model_type='mm'.*trained with model_type='gpt'"):
         inference.load_model(run)
     open(cfg_path, "w").write('{"dim": 1')
     with pytest.raises(ValueError, match="model_config.json"):
@@ -365,7 +369,7 @@ def test_disk_full_on_a_small_tmpfs_then_resume(tmp_path):
 
 def test_two_runs_of_one_name_cannot_collide(tmp_path):
     cfg, train_cfg = tiny_configs(max_steps=2, out_dir=str(tmp_path))
-    with tools.run_lock(str(tmp_path), train_cfg.name):
+    with runs.run_lock(str(tmp_path), train_cfg.name):
         with pytest.raises(FileExistsError, match="in use by another process"):
             train.train(cfg, train_cfg, progress=False)
     train.train(cfg, train_cfg, progress=False, overwrite=True)  # the lock is free again
@@ -398,8 +402,8 @@ def test_run_names_cannot_escape_the_output_folder():
 
 
 TRAIN_CHILD = """
-import sys, config, train
-cfg, tcfg = config.get_preset("tiny", max_steps=240, eval_interval=40, checkpoint_interval=3, compile="off",
+import sys, presets, train
+cfg, tcfg = presets.get_preset("tiny", max_steps=240, eval_interval=40, checkpoint_interval=3, compile="off",
                               autocast="off", data_dir=sys.argv[2], out_dir=sys.argv[1], name="crash")
 train.train(cfg, tcfg, resume=sys.argv[3] == "resume", progress=False)
 """

@@ -8,10 +8,11 @@ import torch
 
 import config
 import data
+import runs
 import tools
 import train
 from conftest import random_token_heldout_loss, tiny_configs, cli_error
-from modules import build_model
+from modules import build_model, sizing
 
 
 def read_log(run):
@@ -46,18 +47,18 @@ def test_resume_is_bit_identical(tmp_path):
     # the same run, stopped after step 10's checkpoint (as a crash would leave it), then resumed
     _, part = tiny_configs(max_steps=30, eval_interval=5, checkpoint_interval=10, dropout=0.1,
                            out_dir=str(tmp_path), name="resumed")
-    original_save = train._save_checkpoint
+    original_save = runs.save_checkpoint
 
     def crash_after_first_checkpoint(*args):
         original_save(*args)
         if args[3]["step"] == 10:  # the checkpoint at step 0 (written at the start) passes
             raise RuntimeError("simulated crash")
-    train._save_checkpoint = crash_after_first_checkpoint
+    runs.save_checkpoint = crash_after_first_checkpoint
     try:
         with pytest.raises(RuntimeError, match="simulated crash"):
             train.train(cfg, part, progress=False)
     finally:
-        train._save_checkpoint = original_save
+        runs.save_checkpoint = original_save
     rows_before = read_log(os.path.join(tmp_path, "resumed"))
     assert [r["step"] for r in rows_before] == ["5", "10"]
     resumed = train.resume_run(os.path.join(tmp_path, "resumed"), progress=False)
@@ -174,9 +175,9 @@ def test_extra_loss_terms_become_log_columns(tmp_path, monkeypatch):
 def test_mfu_estimate(monkeypatch):
     """nanoGPT's formula against the device's bf16 peak; unknown on a CPU or an unlisted GPU."""
     model_cfg, _ = tiny_configs()
-    assert tools.estimate_mfu(10**6, model_cfg, 1e5, torch.device("cpu")) is None
+    assert tools.estimate_mfu(sizing.flops_per_token(10**6, model_cfg), 1e5, torch.device("cpu")) is None
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
     flops = (6 * 10**6 + 12 * model_cfg.num_layers * model_cfg.dim * model_cfg.max_seq_len) * 1e5
-    assert tools.estimate_mfu(10**6, model_cfg, 1e5, torch.device("cuda")) == pytest.approx(flops / 989e12)
+    assert tools.estimate_mfu(sizing.flops_per_token(10**6, model_cfg), 1e5, torch.device("cuda")) == pytest.approx(flops / 989e12)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Future GPU")
-    assert tools.estimate_mfu(10**6, model_cfg, 1e5, torch.device("cuda")) is None
+    assert tools.estimate_mfu(sizing.flops_per_token(10**6, model_cfg), 1e5, torch.device("cuda")) is None

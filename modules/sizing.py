@@ -1,0 +1,84 @@
+"""Every size formula in one place: parameters, memory (weights, a training step, generation)
+and training FLOPs per token. Nothing here allocates: sizes are decided before a model exists,
+so a config too large for the machine is refused in microseconds, not after minutes of swapping.
+
+An architecture may bring its own weights bound (a class attribute `weights_lower_bound`
+pointing at a function below) and its own FLOPs (`attention_flops`), when the baseline's would
+be wrong for it.
+"""
+import math
+
+import torch
+
+import tools
+
+
+# --- parameters ---------------------------------------------------------------------------------
+def unbuilt_size(model_cls, cfg):
+    """(parameters, bytes of parameters and buffers) of model_cls(cfg), built on the meta device
+    (no memory is allocated, whatever the sizes; sizes past int64 count as infinite)."""
+    try:
+        with torch.device("meta"):
+            model = model_cls(cfg)
+    except RuntimeError as e:
+        if "overflow" in str(e):
+            return math.inf, math.inf
+        raise
+    params = sum(p.numel() for p in model.parameters())
+    return params, sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def baseline_weights_lower_bound(c):
+    """Values (parameters and buffers) a GPT-family model holds at least: the embedding, every
+    layer's attention and MLP matrices, and a position table."""
+    mlp_matrices = 3 if c.mlp_gated else 2
+    per_layer = (2 * c.num_q_heads + 2 * c.num_kv_heads) * c.head_dim * c.dim + mlp_matrices * c.dim * c.mlp_hidden_dim
+    return c.vocab_size * c.dim + c.num_layers * per_layer + c.max_seq_len * c.head_dim
+
+
+def mosaics_weights_lower_bound(c):
+    """Values Memory Mosaics holds at least: per layer 5 dim x dim matrices (two key maps, values, two outputs) and
+    2 x P x dim persistent slots; no MLP and no position table."""
+    slots = c.mm_pmem_size or round(3.5 * c.dim)
+    return c.vocab_size * c.dim + c.num_layers * (5 * c.dim * c.dim + 2 * slots * c.dim)
+
+
+# --- memory ----------------------------------------------------------------------------------
+def check_weights_fit(model_cls, cfg, device):
+    """ValueError unless the weights fit in the memory free on device:
+    first the architecture's lower bound at 2 bytes per value (they hold 4, so it never refuses
+    what the exact count allows, and num_layers=10**6 does not even build on the meta device),
+    then the exact count from a meta build."""
+    what = (f"the weights of this model (dim={cfg.dim}, num_layers={cfg.num_layers}, max_seq_len={cfg.max_seq_len}, "
+            f"vocab_size={cfg.vocab_size})")
+    advice = "lower dim, num_layers or max_seq_len"
+    tools.check_fits(2 * model_cls.weights_lower_bound(cfg), device, what, advice)
+    tools.check_fits(unbuilt_size(model_cls, cfg)[1], device, what, advice)
+
+
+def training_memory(params, model_cfg, train_cfg):
+    """Bytes a training step needs: parameters x 16 (fp32 weights, gradients, AdamW's two
+    moments) + activations kept for backward (per token and layer about 20 x dim + 4 x the MLP's
+    hidden width floats, plus the attention outputs) + the logits (3 fp32 copies of batch x
+    context x vocab: logits, softmax, gradient) + about 80 MiB of work space the first steps
+    allocate at any size. Measured on CPU (growth of peak RSS over two steps,
+    tests/test_hparam_search.py) it is within a factor 1.5 either way."""
+    c = model_cfg
+    tokens = train_cfg.batch_size * c.max_seq_len
+    per_token_layer = 20 * c.dim + 4 * c.mlp_hidden_dim + 4 * c.num_q_heads * c.head_dim
+    activations = 4 * tokens * c.num_layers * per_token_layer
+    logits = 3 * 4 * tokens * c.vocab_size
+    return 16 * params + activations + logits + 80 * 2**20
+
+
+def generation_memory(cfg, rows):
+    """Bytes generating `rows` sequences at once needs: per row the prompt's logits and every
+    layer's decoding state over the whole context."""
+    return rows * 4 * cfg.max_seq_len * (cfg.vocab_size + 4 * cfg.num_layers * cfg.dim)
+
+
+# --- compute -----------------------------------------------------------------------------------
+def flops_per_token(params, cfg):
+    """Training FLOPs per token, as nanoGPT's estimate_mfu (PaLM appendix B): 6 per parameter
+    (forward and backward) plus 12 x layers x dim x context for attention's scores and mixing."""
+    return 6 * params + 12 * cfg.num_layers * cfg.dim * cfg.max_seq_len

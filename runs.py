@@ -1,0 +1,258 @@
+"""The run folder, trained/NAME/: the one place that knows what is in it and how it is written.
+
+    model_config.json, train_config.json   the configs (config.py's JSON)
+    model.safetensors                       the weights (digest and architecture in its metadata)
+    log_data.csv                            one row per evaluation
+    checkpoint.pt                           resumable: weights, optimizer, step, RNG states, data position
+    README.md                               how the run was made and what it reached
+
+`open_run` holds the run's lock and makes (or overwrites) the folder; `save_checkpoint` /
+`restore_checkpoint` write and read the resumable state; `append_log` / `truncate_log` keep the
+log consistent with the checkpoint; `read_run` is what the README and the comparison report.
+"""
+import contextlib
+import csv
+import fcntl
+import os
+import shutil
+from types import SimpleNamespace
+
+import torch
+
+import config
+import data
+import presets
+import tools
+from modules import MODEL_REGISTRY, build_model
+
+
+def run_dir(train_cfg):
+    out = train_cfg.out_dir if os.path.isabs(train_cfg.out_dir) else os.path.join(config.ROOT, train_cfg.out_dir)
+    return os.path.join(out, train_cfg.name)
+
+
+def architecture(model_cfg):
+    """The config fields that decide what a model's weights mean, shapes aside (stored with them)."""
+    own = MODEL_REGISTRY[model_cfg.model_type].own_fields
+    names = ("model_type", "pos_encoding", "norm_type", "mlp_activation", *own)
+    return {name: getattr(model_cfg, name) for name in names}
+
+
+def load_configs(run_dir, **model_overrides):
+    """(ModelConfig, TrainConfig) stored in a run folder, with the architecture's and dataset's checks."""
+    model_cfg = config.load_json(config.ModelConfig, os.path.join(run_dir, "model_config.json"), **model_overrides)
+    train_cfg = config.load_json(config.TrainConfig, os.path.join(run_dir, "train_config.json"))
+    return presets.check(model_cfg, train_cfg)
+
+
+# --- opening: the lock, a fresh folder ------------------------------------------------------------
+@contextlib.contextmanager
+def run_lock(folder, name):
+    """Hold FOLDER/.NAME.lock while a run writes FOLDER/NAME, so two runs of one name cannot
+    write over each other. The OS drops the lock when the process ends, even on SIGKILL, so a
+    crash never leaves a stale lock."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f".{name}.lock")
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FileExistsError(f"run {os.path.join(folder, name)} is in use by another process (lock {path}); "
+                                  "wait for it to finish or pick another --name") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _locked(job, out):
+    """Rank 0 holds the run's lock for the whole run; every process learns whether it got it,
+    so a refused job stops everywhere at once."""
+    with contextlib.ExitStack() as stack:
+        error = None
+        if job.is_main:
+            try:
+                stack.enter_context(run_lock(os.path.dirname(out), os.path.basename(out)))
+            except FileExistsError as e:
+                error = e
+        if job.enabled and job.mean([float(error is not None)])[0] > 0 and error is None:
+            error = FileExistsError(f"run {out} is in use by another process")
+        if error is not None:
+            raise error
+        yield
+
+
+@contextlib.contextmanager
+def open_run(job, model_cfg, train_cfg, resume=False, overwrite=False):
+    """The run folder, locked while the block runs: checked (resume needs its checkpoint; a new
+    run needs an empty or overwritable folder), then for a new run made afresh with its configs."""
+    out = run_dir(train_cfg)
+    with _locked(job, out):
+        if resume and not os.path.isfile(os.path.join(out, "checkpoint.pt")):
+            raise FileNotFoundError(f"cannot resume: no checkpoint.pt in {out}")
+        if not resume:
+            if os.path.exists(out) and os.listdir(out) and not overwrite:
+                raise FileExistsError(f"run folder {out} already exists: resume it (--resume {out}), "
+                                      "pick another --name, or pass --overwrite")
+            job.barrier()  # every process has checked before rank 0 changes the folder
+            if job.is_main:
+                shutil.rmtree(out, ignore_errors=True)
+                os.makedirs(out, exist_ok=True)
+                config.save_json(model_cfg, os.path.join(out, "model_config.json"))
+                config.save_json(train_cfg, os.path.join(out, "train_config.json"))
+        yield out
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+def save_checkpoint(out, model, optimizer, extra):
+    """checkpoint.pt (weights, optimizer, `extra`: step, RNG states, ...) and model.safetensors,
+    each with a digest checked on load: torch.load does not notice flipped bits."""
+    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), **extra}
+    payload["sha256"] = tools.digest(payload)
+    tools.atomic_save(lambda p: torch.save(payload, p), os.path.join(out, "checkpoint.pt"))
+    tools.save_weights(model, os.path.join(out, "model.safetensors"), architecture(model.cfg))
+
+
+def load_checkpoint(path, device):
+    """torch.load with weights_only=True (tensors and plain containers only: a checkpoint can
+    never run code), with a clear error for a damaged or foreign file."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(ckpt, dict):
+            raise ValueError(f"it holds a {type(ckpt).__name__}, not a dict")
+        stored = ckpt.pop("sha256", None)  # checkpoints written before digests were kept have none
+        if stored is not None and stored != tools.digest(ckpt):
+            raise ValueError("its contents do not match the checksum saved with them")
+        return ckpt
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            reason = "it holds pickled Python objects, which are never loaded (weights_only=True)"
+        raise ValueError(f"checkpoint {path} is damaged or not a checkpoint of this project: {reason}. "
+                         "Train again (--overwrite), or restore the file from a backup") from None
+
+
+def restore_checkpoint(out, model, optimizer, batch_rng, job, device):
+    """Load out/checkpoint.pt into model, optimizer, the batch generator and this process's RNG
+    states; truncate the log to its step; returns the rest of the checkpoint (the loop's state)."""
+    path = os.path.join(out, "checkpoint.pt")
+    ckpt = load_checkpoint(path, device)
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        batch_rng.set_state(ckpt["batch_rng"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise ValueError(f"checkpoint {path} does not fit the run's configs (model_config.json, "
+                         f"train_config.json): {str(e).strip().splitlines()[0][:200]}") from None
+    # every process's RNG states (checkpoints from before they were kept per process hold one)
+    ranks = ckpt.get("rng_ranks") or [{"torch": ckpt["torch_rng"], "cuda": ckpt.get("cuda_rng")}]
+    rng = ranks[job.rank] if len(ranks) == job.world else ranks[0]  # another job size: rank 0's
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and rng["cuda"] is not None:
+        torch.cuda.set_rng_state(rng["cuda"])
+    if job.is_main:
+        truncate_log(out, ckpt["step"])
+    return {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "batch_rng", "rng_ranks",
+                                                       "torch_rng", "cuda_rng")}
+
+
+# --- the log ----------------------------------------------------------------------------------
+def append_log(out, row):
+    path = os.path.join(out, "log_data.csv")
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def truncate_log(out, last_step):
+    """Keep only the complete log rows up to last_step: rows written after the checkpoint we
+    resume from are written again, and a row cut short by a crash is dropped."""
+    path = os.path.join(out, "log_data.csv")
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows, columns = list(reader), reader.fieldnames
+
+    def complete(row):
+        return None not in row and all(v not in (None, "") for v in row.values()) and row["step"].isdigit()
+    kept = [r for r in rows if complete(r) and int(r["step"]) <= last_step]
+    if columns:
+        tools.atomic_save(lambda p: _write_rows(p, columns, kept), path)
+
+
+def _write_rows(path, columns, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_log(run_dir):
+    """log_data.csv of a run as a DataFrame of its complete rows; a clear error when it is
+    missing, empty, damaged or holds no evaluation yet."""
+    import pandas as pd
+    path = os.path.join(run_dir, "log_data.csv")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing: the run has not reached its first evaluation "
+                                "(train it, or resume it with `python train.py --resume RUN`)")
+    try:
+        log = pd.read_csv(path)
+    except Exception as e:
+        raise ValueError(f"{path} is damaged ({str(e).splitlines()[0][:150]}); resume the run to rewrite it") from None
+    needed = {"step", "tokens", "val_loss"}
+    if not needed <= set(log.columns):
+        raise ValueError(f"{path} lacks the columns {sorted(needed - set(log.columns))}: not a log of this project")
+    for column in needed:
+        log[column] = pd.to_numeric(log[column], errors="coerce")
+    log = log.dropna(subset=sorted(needed)).reset_index(drop=True)  # a row cut short by a crash
+    if log.empty:
+        raise ValueError(f"{path} holds no complete evaluation row yet; train or resume the run first")
+    return log
+
+
+# --- reading a finished run -------------------------------------------------------------------
+def read_run(run_dir):
+    """What a run folder reports, read once for its README and for the comparison table: the
+    ModelConfig, log_data.csv (pandas), its last row, the row of lowest validation loss, and
+    the parameter counts (total, non-embedding)."""
+    cfg = config.load_json(config.ModelConfig, os.path.join(run_dir, "model_config.json"))
+    log = read_log(run_dir)
+    total, embedding = tools.count_parameters(build_model(cfg))
+    return SimpleNamespace(model_cfg=cfg, log=log, last=log.iloc[-1], best=log.loc[log["val_loss"].idxmin()],
+                           params=total, non_embedding_params=total - embedding)
+
+
+def write_readme(run_dir, command=None):
+    """trained/NAME/README.md: how the run was made and what it reached, from its own files."""
+    run = read_run(run_dir)
+    model_cfg, log, last, best = run.model_cfg, run.log, run.last, run.best
+    train_cfg = config.load_json(config.TrainConfig, os.path.join(run_dir, "train_config.json"))
+    data_source = train_cfg.data_dir or os.environ.get("MMS_DATA_DIR") or f"the Hugging Face hub ({data.HUB_DATASET})"
+    text = f"""# {os.path.basename(run_dir)}
+
+`{model_cfg.model_type}` model, {run.params:,} parameters ({run.non_embedding_params:,} non-embedding), tokenizer `{model_cfg.tokenizer}`,
+context {model_cfg.max_seq_len}. Made with:
+
+```bash
+{command or "train(model_cfg, train_cfg)  # from Python; configs in this folder"}
+```
+
+| | |
+|---|---|
+| data | `{train_cfg.dataset}` from {data_source} |
+| tokens seen | {int(last['tokens']):,} ({int(last['step'])} steps of batch {train_cfg.batch_size * train_cfg.grad_accum_steps}, context {model_cfg.max_seq_len}) |
+| wall-clock | {last['elapsed_s'] / 60:.1f} min (median {log['tokens_per_s'].median():,.0f} tokens/s) |
+| final validation loss | {last['val_loss']:.4f} nats/token (± {last['val_loss_se']:.4f} s.e. over windows), {last['val_bpc']:.4f} bits/char |
+| best validation loss | {best['val_loss']:.4f} at step {int(best['step'])} ({best['val_bpc']:.4f} bits/char) |
+| final train loss | {last['train_loss']:.4f} (mean since the previous evaluation, dropout on) |
+
+Sample: `python inference.py --model {os.path.relpath(run_dir, config.ROOT)} --prompt "Once upon a time"`.
+Files: `model_config.json`, `train_config.json`, `model.safetensors`, `log_data.csv` (one row per evaluation).
+"""
+    with open(os.path.join(run_dir, "README.md"), "w") as f:
+        f.write(text)
