@@ -124,8 +124,8 @@ class ModelConfig:
     linear_bias: bool = False          # bias on attention and MLP projections (GPT-2: True, Llama: False)
     scale_embedding: bool = True       # multiply token embeddings by sqrt(dim) (Gemma style)
     tie_embeddings: bool = True        # output head shares the token-embedding matrix
-    dropout: float = 0.0               # dropout on each residual branch's output while training; 0-0.5 (0.1 against overfitting small data)
-    attn_dropout: float = 0.0          # dropout on attention probabilities; 0-0.5. Costly on CPU: it disables the fused attention kernel
+    dropout: float = 0.0               # dropout on each residual branch's output while training; in [0, 1), typical 0-0.5 (0.1 against overfitting small data)
+    attn_dropout: float = 0.0          # dropout on attention probabilities; in [0, 1), typical 0-0.2. Costly on CPU: it disables the fused attention kernel
     init_std: float = 0.02             # std of the normal init of weight matrices (residual outputs scaled by 1/sqrt(2*num_layers))
     # --- Fractal-Head Attention (model_type='fha'; see modules/fractal_head_attention.py) ---------
     fractal_split: int = 2             # s: query head i is split into s**i sub-heads of size head_dim / s**i; 1 = ordinary attention
@@ -203,6 +203,7 @@ class TrainConfig:
     eval_interval: int = 50            # evaluate (and write a log_data.csv row) every N steps and at the end
     eval_tokens: int = 131072          # validation tokens per evaluation: fixed windows chosen once per run (131072 = nearly all of the local split; a standard error under 0.01 needs ~1000 windows, e.g. 524288 on the hub)
     checkpoint_interval: int = 100     # write the resumable checkpoint every N steps (and at the end)
+    tracker: Literal["none", "tensorboard", "wandb"] = "none"  # live dashboard beside log_data.csv: none | tensorboard (trained/NAME/tensorboard; `tensorboard --logdir trained`) | wandb (offline unless WANDB_MODE; pip install wandb)
     # --- speed --------------------------------------------------------------------------------
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"  # auto (cuda, then mps, then cpu) | cuda | mps | cpu
     autocast: Literal["auto", "on", "off"] = "auto"  # bf16 autocast: auto (on where supported) | on | off
@@ -282,6 +283,14 @@ def load_json(cls, path, **overrides):
 
 
 # --- command line --------------------------------------------------------------------------
+def _parse_switch(text):
+    """An auto/on/off field also takes the words a bool field takes (yes, true, 1, no, false, 0)."""
+    try:
+        return "on" if _parse_bool(text) else "off"
+    except argparse.ArgumentTypeError:
+        return text  # argparse then checks it against the field's choices
+
+
 def _parse_bool(text):
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -311,9 +320,11 @@ def add_config_arguments(parser, classes=None, title=None):
         comments = _comment_of(cls)
         for f in _fields(cls):
             kind = _kind(f)
-            options = dict(choices=typing.get_args(f.type)) if kind == "literal" else \
-                dict(metavar=kind.upper())
-            group.add_argument(f"--{f.name}", type={"bool": _parse_bool, "int": int, "float": float}.get(kind, str),
+            options = dict(choices=typing.get_args(f.type)) if kind == "literal" else dict(metavar=kind.upper())
+            parse = {"bool": _parse_bool, "int": int, "float": float}.get(kind, str)
+            if {"on", "off"} <= set(options.get("choices", ())):
+                parse = _parse_switch
+            group.add_argument(f"--{f.name}", type=parse,
                                default=None, help=f"{comments.get(f.name, '')} (default {f.default!r})".replace("%", "%%"),
                                **options)
 

@@ -60,8 +60,8 @@ def resolve_data_dir(data_dir=""):
         data_dir = os.path.join(ROOT, data_dir) if not os.path.isabs(data_dir) else data_dir
         missing = [f for f in SPLIT_FILES.values() if not os.path.isfile(os.path.join(data_dir, f))]
         if missing:
-            raise DataUnavailable(f"data_dir={data_dir!r} lacks {missing}; it must hold train.txt and valid.txt "
-                                  f"(stories separated by a line '{SEPARATOR}')")
+            raise DataUnavailable(f"data_dir={data_dir!r} lacks {missing}: pass --data_dir (or set MMS_DATA_DIR) to a "
+                                  f"folder holding train.txt and valid.txt (stories separated by a line '{SEPARATOR}')")
     return data_dir
 
 
@@ -234,6 +234,8 @@ class TinyStories:
     """Packed TinyStories windows. Batches are {"tokens": (B, T), "targets": (B, T)} int64, the
     targets being the next tokens; validation uses the fixed windows of `validation_windows`.
     The splits are tokenized (or read from the cache) on first use."""
+
+    data_dir_env = "MMS_DATA_DIR"  # when set, it wins over the data_dir a run folder stored (runs.load_configs)
 
     def __init__(self, model_cfg, train_cfg):
         self.tokenizer, self.seq_len = model_cfg.tokenizer, model_cfg.max_seq_len

@@ -274,7 +274,6 @@ def search(study, preset, space, trials, tokens, fixed=None, workers=1, memory_l
 
 def write_summary(study_obj, folder):
     """summary.md (every trial, best first) and history.png / params.png in the study's folder."""
-    import warnings
     import matplotlib.pyplot as plt
     import optuna
     study = study_obj.study_name
@@ -282,17 +281,53 @@ def write_summary(study_obj, folder):
     with open(os.path.join(folder, "summary.md"), "w") as f:
         f.write(f"# Study {study}\n\n{to_markdown(table)}\n")
     if any(t.state == optuna.trial.TrialState.COMPLETE for t in study_obj.trials):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
-            ax = optuna.visualization.matplotlib.plot_optimization_history(study_obj)
-            ax.figure.tight_layout()
-            ax.figure.savefig(os.path.join(folder, "history.png"), dpi=110)
-            axes = optuna.visualization.matplotlib.plot_slice(study_obj)
-            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
-            figure.set_size_inches(4 * len(study_obj.best_params) + 2, 4.5)
-            figure.savefig(os.path.join(folder, "params.png"), dpi=110)
+        for name, figure in zip(("history.png", "params.png"), study_figures(study_obj, table)):
+            figure.savefig(os.path.join(folder, name), dpi=110, bbox_inches="tight")
         plt.close("all")
     return table
+
+
+def study_figures(study_obj, table=None):
+    """(history, params) figures of a study with finished trials, its objective named with units."""
+    import optuna
+    table = summary_table(study_obj) if table is None else table
+    space = [t for t in study_obj.trials if t.state == optuna.trial.TrialState.COMPLETE][-1].distributions
+    label = "final validation loss, bits/char" if "tokenizer" in space else "final validation loss, nats/token"
+    log_params = {name for name, d in space.items() if getattr(d, "log", False)}
+    return plot_history(table, label), plot_params(table, sorted(space), label, log_params)
+
+
+def plot_history(table, label):
+    """Each finished trial's objective (summary_table rows) in the order run, and the best so far."""
+    import matplotlib.pyplot as plt
+    done = table[table["state"] == "COMPLETE"].sort_values("trial")
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(done["trial"], done["objective"], "o", color="tab:blue", markeredgecolor="black", label="trial")
+    ax.step(done["trial"], done["objective"].cummin(), where="post", color="tab:red", label="best so far")
+    ax.set(xlabel="trial", ylabel=label, title="optimisation history (lower is better)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def plot_params(table, params, label, log_params=()):
+    """The objective against each parameter (log axis for `log_params`); dots coloured by trial
+    number, with a colour bar only when there are enough trials for order to matter."""
+    import matplotlib.pyplot as plt
+    done = table[table["state"] == "COMPLETE"]
+    fig, axes = plt.subplots(1, len(params), figsize=(4.2 * len(params) + 1, 4), squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], params):
+        x = done[name] if all(isinstance(v, (int, float)) for v in done[name]) else done[name].astype(str)
+        dots = ax.scatter(x, done["objective"], c=done["trial"], cmap="viridis", edgecolors="black", s=45)
+        if name in log_params:
+            ax.set_xscale("log")
+        ax.set(xlabel=name)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(label)
+    if len(done) >= 3:
+        fig.colorbar(dots, ax=axes[0].tolist(), label="trial")
+    fig.suptitle("objective against each parameter (lower is better)")
+    return fig
 
 
 def summary_table(study_obj):

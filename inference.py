@@ -10,6 +10,7 @@ max_new_tokens, or when the context (max_seq_len) is full, whichever comes first
 """
 import math
 import os
+import sys
 
 import torch
 
@@ -25,6 +26,7 @@ DEFAULT_MODEL = os.path.join(config.ROOT, "trained", "llama_1m")
 def load_model(path=DEFAULT_MODEL, device="auto", **overrides):
     """(model in eval mode, tokenizer, ModelConfig) from a run folder. Weights are read with
     safetensors (no pickle, no code execution). `overrides` replace ModelConfig fields."""
+    path = runs.find_run(path)
     cfg_path = os.path.join(path, "model_config.json")
     if not os.path.isfile(cfg_path):
         raise FileNotFoundError(f"no trained model at {path!r}: {cfg_path} is missing "
@@ -43,7 +45,7 @@ def load_model(path=DEFAULT_MODEL, device="auto", **overrides):
     return model.to(tools.pick_device(device)).eval(), data.load_tokenizer(cfg.tokenizer), cfg
 
 
-def check_sampling(temperature, top_k, top_p, min_p):
+def check_sampling(temperature, top_k, top_p, min_p, repetition_penalty=1.0, no_repeat_ngram_size=0):
     """ValueError naming the first invalid sampling argument."""
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature < math.inf:
         raise ValueError(f"temperature={temperature!r} is invalid: must be a finite number >= 0 (0 = greedy)")
@@ -52,6 +54,11 @@ def check_sampling(temperature, top_k, top_p, min_p):
     for name, v in (("top_p", top_p), ("min_p", min_p)):
         if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1):
             raise ValueError(f"{name}={v!r} is invalid: must be in (0, 1] or None")
+    if not isinstance(repetition_penalty, (int, float)) or isinstance(repetition_penalty, bool) \
+            or not 0 < repetition_penalty < math.inf:
+        raise ValueError(f"repetition_penalty={repetition_penalty!r} is invalid: must be a finite number > 0 (1 = off)")
+    if not isinstance(no_repeat_ngram_size, int) or isinstance(no_repeat_ngram_size, bool) or no_repeat_ngram_size < 0:
+        raise ValueError(f"no_repeat_ngram_size={no_repeat_ngram_size!r} is invalid: must be an integer >= 0 (0 = off)")
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, min_p=None, generator=None):
@@ -79,6 +86,24 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, min_p=None, gen
     if min_p is not None:
         probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def penalize_repeats(logits, history, repetition_penalty=1.0, no_repeat_ngram_size=0):
+    """logits (B, V) of the next token after history (B, L) ids, adjusted as transformers'
+    generate does: repetition_penalty p > 1 divides the positive logits of every token already
+    in the row (multiplies the negative ones); no_repeat_ngram_size n bans every token that would
+    repeat an n-gram the row already holds."""
+    if repetition_penalty != 1.0:
+        seen = logits.gather(1, history)
+        logits = logits.scatter(1, history, torch.where(seen < 0, seen * repetition_penalty, seen / repetition_penalty))
+    n = no_repeat_ngram_size
+    if n and history.shape[1] >= n:
+        grams = history.unfold(1, n, 1)  # (B, L - n + 1, n)
+        tail = history[:, history.shape[1] - (n - 1):]  # the last n - 1 ids: a match bans what followed them
+        match = (grams[:, :, :-1] == tail[:, None, :]).all(dim=-1)
+        banned = torch.zeros_like(logits, dtype=torch.long).scatter_add_(1, grams[:, :, -1], match.long()) > 0
+        logits = logits.masked_fill(banned, float("-inf"))
+    return logits
 
 
 def encode_prompts(tokenizer, prompts, max_seq_len):
@@ -126,7 +151,7 @@ def compiled_decode_step(model):
 @torch.inference_mode()
 def generate(model, tokenizer, prompts, max_new_tokens=200, temperature=1.0, top_k=None, top_p=None,
              min_p=None, seed=None, stop_at_eot=True, use_cache=True, compile=False, on_token=None,
-             return_ids=False, model_inputs=None):
+             return_ids=False, model_inputs=None, repetition_penalty=1.0, no_repeat_ngram_size=0):
     """Continue each prompt; returns the list of generated continuations (text, prompt excluded;
     with return_ids=True the (B, steps) tensor of generated ids, padding after a row's end).
 
@@ -137,7 +162,8 @@ def generate(model, tokenizer, prompts, max_new_tokens=200, temperature=1.0, top
     than the eager cache on CPU, README 'Fast decoding': worth it for many samples in one
     session, not for one story). on_token(step, new_ids (B,)) is called after every step (for
     streaming). model_inputs: extra keyword inputs for model.new_cache (e.g. an encoder's
-    input, run once per generation); plain language models take none."""
+    input, run once per generation); plain language models take none. repetition_penalty and
+    no_repeat_ngram_size (off by default) work against loops, see penalize_repeats."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} is invalid: must be a positive integer")
     device = next(model.parameters()).device
@@ -146,7 +172,7 @@ def generate(model, tokenizer, prompts, max_new_tokens=200, temperature=1.0, top
     if compile and not tools.compile_enabled("auto", device):
         raise ValueError(f"compile=True is not available on {device.type}: torch.compile needs CUDA, or on CPU "
                          "a C++ compiler (g++ or clang++); use compile=False")
-    check_sampling(temperature, top_k, top_p, min_p)
+    check_sampling(temperature, top_k, top_p, min_p, repetition_penalty, no_repeat_ngram_size)
     tokens, pad = encode_prompts(tokenizer, prompts, model.cfg.max_seq_len)
     check_generation_fits(model.cfg, len(tokens), device)
     tokens, pad = tokens.to(device), pad.to(device)
@@ -164,7 +190,11 @@ def generate(model, tokenizer, prompts, max_new_tokens=200, temperature=1.0, top
         if compile and step == 0:  # the prompt is in: from now on one token per step, fixed shapes
             cache.make_static()
             step_model = compiled_decode_step(model)
-        next_id = sample_next(logits[:, -1], temperature, top_k, top_p, min_p, generator)
+        logits = logits[:, -1]
+        if repetition_penalty != 1.0 or no_repeat_ngram_size:
+            logits = penalize_repeats(logits.float(), torch.cat([tokens, new[:, :step]], 1), repetition_penalty,
+                                      no_repeat_ngram_size)
+        next_id = sample_next(logits, temperature, top_k, top_p, min_p, generator)
         next_id = next_id.masked_fill(finished, data.PAD_ID)
         new[:, step] = next_id
         if on_token is not None:
@@ -189,16 +219,24 @@ def decode_continuation(tokenizer, ids):
 
 def main(argv=None):
     parser = tools.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="run folder (default trained/llama_1m)")
-    parser.add_argument("--prompt", default="Once upon a time", help="text to continue ('' = a new story)")
-    parser.add_argument("--num_samples", type=int, default=1, help="stories to sample (batched)")
-    parser.add_argument("--max_new_tokens", type=int, default=300)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    parser.add_argument("--top_k", type=int, default=None)
-    parser.add_argument("--top_p", type=float, default=None)
-    parser.add_argument("--min_p", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="run folder: a path, or a name under trained/ (default trained/llama_1m)")
+    parser.add_argument("--prompt", default="Once upon a time", help="text to continue ('' = a new story; default "
+                        "'Once upon a time')")
+    parser.add_argument("--num_samples", type=int, default=1, help="stories to sample, batched (default 1)")
+    parser.add_argument("--max_new_tokens", type=int, default=300, help="tokens to add at most; generation also stops "
+                        "at <|endoftext|> or when the context (max_seq_len) is full (default 300)")
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    parser.add_argument("--top_k", type=int, default=None, help="keep the k most likely tokens (default off)")
+    parser.add_argument("--top_p", type=float, default=None, help="keep the smallest set of tokens whose probability "
+                        "reaches p (default off)")
+    parser.add_argument("--min_p", type=float, default=0.05, help="drop tokens below min_p x the top probability "
+                        "(default 0.05: on; --min_p 1 keeps only the top token)")
+    parser.add_argument("--repetition_penalty", type=float, default=1.0, help="divide the logits of tokens already in "
+                        "the text by this (transformers' repetition_penalty; 1.3 tames loops; default 1 = off)")
+    parser.add_argument("--no_repeat_ngram_size", type=int, default=0, help="never repeat an n-gram of this many "
+                        "tokens (transformers' option; default 0 = off)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the sampling (default: a fresh one)")
+    parser.add_argument("--device", default="auto", help="auto | cuda | mps | cpu (default auto)")
     parser.add_argument("--compile", action="store_true",
                         help="compile the one-token decode step (1.7-3.5x faster per token after 5-15 s of compiling)")
     config.add_config_arguments(parser, classes=(config.ModelConfig,),
@@ -211,7 +249,12 @@ def main(argv=None):
         # before the list of num_samples prompts is even built
         check_generation_fits(cfg, args.num_samples, next(model.parameters()).device)
         kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                      top_p=args.top_p, min_p=args.min_p, seed=args.seed, compile=args.compile)
+                      top_p=args.top_p, min_p=args.min_p, seed=args.seed, compile=args.compile,
+                      repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size)
+        room = cfg.max_seq_len - len(encode_prompts(tokenizer, [args.prompt], cfg.max_seq_len)[0][0])
+        if args.max_new_tokens > room:
+            print(f"note: --max_new_tokens {args.max_new_tokens} exceeds the room the context leaves after this prompt "
+                  f"(max_seq_len={cfg.max_seq_len}): at most {room} tokens are generated", file=sys.stderr)
         if args.num_samples == 1:  # stream the story as it is written
             ids = []
 

@@ -71,7 +71,7 @@ def get_preset(preset, /, **overrides):
     """(ModelConfig, TrainConfig) for a named preset, with any field overridden by keyword."""
     _choice("preset", preset, PRESETS)
     model_kw, train_kw = split_overrides({**PRESETS[preset], **overrides})
-    train_kw.setdefault("name", preset)
+    train_kw.setdefault("name", f"my_{preset}")  # never a shipped run's folder by default
     return check(ModelConfig(**model_kw), TrainConfig(**train_kw))
 
 

@@ -15,6 +15,7 @@ import csv
 import fcntl
 import os
 import shutil
+import subprocess
 from types import SimpleNamespace
 
 import torch
@@ -26,9 +27,21 @@ import tools
 from modules import MODEL_REGISTRY, build_model
 
 
+TRAINED = os.path.join(config.ROOT, "trained")
+
+
 def run_dir(train_cfg):
     out = train_cfg.out_dir if os.path.isabs(train_cfg.out_dir) else os.path.join(config.ROOT, train_cfg.out_dir)
     return os.path.join(out, train_cfg.name)
+
+
+def find_run(name):
+    """The folder a run name or path means, one rule everywhere (--resume, --model, the
+    comparison): the path as given when it is a folder, else trained/NAME."""
+    for folder in (name, os.path.join(TRAINED, name)):
+        if os.path.isdir(folder):
+            return os.path.normpath(folder)
+    return name  # the caller's own check says what is missing
 
 
 def architecture(model_cfg):
@@ -38,11 +51,19 @@ def architecture(model_cfg):
     return {name: getattr(model_cfg, name) for name in names}
 
 
-def load_configs(run_dir, **model_overrides):
-    """(ModelConfig, TrainConfig) stored in a run folder, with the architecture's and dataset's checks."""
+def load_configs(run_dir, data_dir="", **model_overrides):
+    """(ModelConfig, TrainConfig) stored in a run folder, with the architecture's and dataset's
+    checks. The data folder: `data_dir` when given; else the folder the run stored, when it
+    exists on this machine (a resumed run keeps its data); else the dataset's environment
+    variable (MMS_DATA_DIR): a stored path may only mean something where the run was trained."""
     model_cfg = config.load_json(config.ModelConfig, os.path.join(run_dir, "model_config.json"), **model_overrides)
     train_cfg = config.load_json(config.TrainConfig, os.path.join(run_dir, "train_config.json"))
-    return presets.check(model_cfg, train_cfg)
+    presets.check(model_cfg, train_cfg)
+    env = getattr(data.dataset_class(train_cfg.dataset), "data_dir_env", None)
+    stored = train_cfg.data_dir and os.path.join(config.ROOT, train_cfg.data_dir)  # relative: to the project
+    if data_dir or (env and os.environ.get(env) and not (stored and os.path.isdir(stored))):
+        train_cfg.data_dir = data_dir  # "" = the environment variable's folder
+    return model_cfg, train_cfg
 
 
 # --- opening: the lock, a fresh folder ------------------------------------------------------------
@@ -50,18 +71,22 @@ def load_configs(run_dir, **model_overrides):
 def run_lock(folder, name):
     """Hold FOLDER/.NAME.lock while a run writes FOLDER/NAME, so two runs of one name cannot
     write over each other. The OS drops the lock when the process ends, even on SIGKILL, so a
-    crash never leaves a stale lock."""
+    crash never leaves a stale lock; a run that ends removes the file."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f".{name}.lock")
     with open(path, "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not os.path.exists(path) or os.stat(path).st_ino != os.fstat(f.fileno()).st_ino:
+                raise BlockingIOError  # the holder removed the file as we opened it: it was in use
         except BlockingIOError:
             raise FileExistsError(f"run {os.path.join(folder, name)} is in use by another process (lock {path}); "
                                   "wait for it to finish or pick another --name") from None
         try:
             yield
         finally:
+            with contextlib.suppress(OSError):  # no lock files left behind (git status stays clean)
+                os.remove(path)
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
@@ -83,10 +108,22 @@ def _locked(job, out):
         yield
 
 
+def is_committed(folder):
+    """True when git tracks files of this folder (a shipped run): never deleted by accident."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "--", os.path.basename(os.path.abspath(folder))],
+                                cwd=os.path.dirname(os.path.abspath(folder)), capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return listed.returncode == 0 and bool(listed.stdout.strip())
+
+
 @contextlib.contextmanager
-def open_run(job, model_cfg, train_cfg, resume=False, overwrite=False):
+def open_run(job, model_cfg, train_cfg, resume=False, overwrite=False, force=False):
     """The run folder, locked while the block runs: checked (resume needs its checkpoint; a new
-    run needs an empty or overwritable folder), then for a new run made afresh with its configs."""
+    run needs an empty or overwritable folder, and a committed run is overwritten only with
+    force), then for a new run made afresh with its configs. A new folder that never got its
+    first checkpoint (the data was missing, say) is removed again, so the next try starts clean."""
     out = run_dir(train_cfg)
     with _locked(job, out):
         if resume and not os.path.isfile(os.path.join(out, "checkpoint.pt")):
@@ -95,13 +132,21 @@ def open_run(job, model_cfg, train_cfg, resume=False, overwrite=False):
             if os.path.exists(out) and os.listdir(out) and not overwrite:
                 raise FileExistsError(f"run folder {out} already exists: resume it (--resume {out}), "
                                       "pick another --name, or pass --overwrite")
+            if overwrite and not force and os.path.isdir(out) and is_committed(out):
+                raise FileExistsError(f"run folder {out} is committed to the repository (a shipped model): "
+                                      "--overwrite will not delete it; pick another --name, or add --force")
             job.barrier()  # every process has checked before rank 0 changes the folder
             if job.is_main:
                 shutil.rmtree(out, ignore_errors=True)
                 os.makedirs(out, exist_ok=True)
                 config.save_json(model_cfg, os.path.join(out, "model_config.json"))
                 config.save_json(train_cfg, os.path.join(out, "train_config.json"))
-        yield out
+        try:
+            yield out
+        except BaseException:
+            if not resume and job.is_main and not os.path.exists(os.path.join(out, "checkpoint.pt")):
+                shutil.rmtree(out, ignore_errors=True)
+            raise
 
 
 # --- checkpoints --------------------------------------------------------------------------------

@@ -95,6 +95,21 @@ def compile_enabled(setting, device):
     return device.type == "cuda"
 
 
+@contextlib.contextmanager
+def deterministic(enabled):
+    """torch.use_deterministic_algorithms inside the block when enabled (restored after). Compiled
+    training on a CPU needs it to repeat: inductor's CPU kernels otherwise add embedding
+    gradients with parallel atomic adds, whose order (and so the last bits) varies from run to
+    run. Measured on CPU it costs no speed (bench/train_throughput.py, 'compiled fp32 det')."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    if enabled:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -1,6 +1,6 @@
 """Train a model: `train(model_cfg, train_cfg)` from a notebook, or the CLI over it.
 
-    python train.py                                   # the llama_1m preset
+    python train.py                                   # the llama_1m preset, into trained/my_llama_1m
     python train.py --preset gpt2_1m --name my_gpt2 --max_steps 300 --dim 96
     python train.py --resume trained/my_gpt2          # continue an interrupted run exactly
     torchrun --standalone --nproc_per_node 4 train.py --preset llama_1m   # 4 GPUs (DDP; see distributed.py)
@@ -25,11 +25,13 @@ from tqdm.auto import tqdm
 import config
 import data
 import distributed
+import inference
 import metrics
 import modules
 import presets
 import runs
 import tools
+import trackers
 from modules import build_model, sizing
 
 LOG_COLUMNS = ["step", "tokens", "elapsed_s", "lr", "train_loss", "val_loss", "val_loss_se", "val_bpc",
@@ -108,26 +110,28 @@ def evaluate(model, dataset, batch_size, device, use_autocast):
 
 
 class _StopRequest:
-    """Ctrl-C sets a flag; the loop stops after the current step, so the checkpoint is consistent."""
+    """Ctrl-C (SIGINT) or SIGTERM (`kill`, `timeout`, a cluster scheduler before its SIGKILL) sets
+    a flag; the loop stops after the current step and saves, so the checkpoint is consistent."""
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.requested, self.previous = False, None
+        self.requested, self.previous = False, {}
 
     def __enter__(self):
         try:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: Ctrl-C raises KeyboardInterrupt as usual
-            self.previous = None
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        except ValueError:  # not the main thread: signals act as usual
+            self.previous = {}
         return self
 
     def _handle(self, *_):
-        if self.requested:  # a second Ctrl-C stops at once
+        if self.requested:  # a second signal stops at once
             raise KeyboardInterrupt
         self.requested = True
 
     def __exit__(self, *_):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -158,12 +162,16 @@ class Run:
     use_autocast: bool
     step_model: torch.nn.Module = None  # the model as the loop calls it: compiled and/or DDP-wrapped
     on_eval: object = None
+    tracker: object = None  # trackers.py: TensorBoard or wandb, on rank 0
 
 
-def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, command=None, on_eval=None):
+def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, command=None, on_eval=None,
+          force=False):
     """Train model_cfg under train_cfg; returns the run folder. With resume=True, weights,
     optimizer, step, RNG states and data position come from the folder's checkpoint.pt
-    (use `resume_run`, which also reads the folder's configs). `command` is recorded in the
+    (use `resume_run`, which also reads the folder's configs). overwrite=True replaces a run
+    folder of the same name, except one committed to the repository (a shipped model) unless
+    force=True as well. `command` is recorded in the
     run's README.md. on_eval(row) is called with every log row (a sweep's pruner may raise to
     stop the run there). Under torchrun every process calls this; see distributed.py."""
     presets.check(model_cfg, train_cfg)
@@ -171,16 +179,27 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
     device = job.start(tools.pick_device(train_cfg.device))
     try:
         check_job_fits(job, model_cfg, train_cfg, device)  # before the run folder is made
-        with runs.open_run(job, model_cfg, train_cfg, resume, overwrite) as out:
+        repeatable = device.type == "cpu" and tools.compile_enabled(train_cfg.compile, device)
+        with runs.open_run(job, model_cfg, train_cfg, resume, overwrite, force) as out, \
+                tools.deterministic(repeatable), _StopRequest() as stop:  # a signal from here on saves
             run = build_run(model_cfg, train_cfg, job, device, out, on_eval)
             state = TrainState(**restore_state(run)) if resume else TrainState()
             run.step_model = wrap_model(run)
             announce(run, state, resume)
-            if not resume:  # from the first moment on, a crash can be resumed
-                save_checkpoint(run, state)
-            fit(run, state, progress)
+            if job.is_main:
+                run.tracker = trackers.open_tracker(train_cfg.tracker, out, model_cfg, train_cfg, state.step)
+            try:
+                if not resume:  # from the first moment on, a crash can be resumed
+                    save_checkpoint(run, state)
+                fit(run, state, stop, progress)
+            finally:
+                if run.tracker is not None:
+                    run.tracker.close()
             if state.step == train_cfg.max_steps and job.is_main:
                 runs.write_readme(out, command)
+                shown = os.path.relpath(out) if not os.path.relpath(out).startswith("..") else out
+                say(run, f"saved the run to {shown} (model.safetensors, log_data.csv, README.md); sample it with "
+                    f"`python inference.py --model {shown}`")
         job.barrier()  # nobody tears the process group down while another process still writes or talks
         return out
     finally:
@@ -249,62 +268,62 @@ def save_checkpoint(run, state):
         runs.save_checkpoint(run.out, run.model, run.optimizer, extra)
 
 
-def fit(run, state, progress=True):
+def fit(run, state, stop, progress=True):
     """The training loop: set the lr, accumulate gradients over micro-batches, stop on a
     non-finite loss or gradient, clip, step; evaluate and log every eval_interval steps,
-    checkpoint every checkpoint_interval. Ctrl-C stops after the current step and saves."""
+    checkpoint every checkpoint_interval. Ctrl-C or SIGTERM (`stop`) ends it after the current
+    step, saved."""
     cfg, job = run.train_cfg, run.job
     bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not progress or not job.is_main, desc=cfg.name,
                dynamic_ncols=True)
     run.model.train()
     session_start, elapsed_before = time.time(), state.elapsed_s
     interval_tokens, interval_train_s, grad_norm = 0, 0.0, float("nan")
-    stopping = False  # Ctrl-C, agreed by every process at the same step (the signal arrives anywhere)
-    with _StopRequest() as stop:
-        while state.step < cfg.max_steps and not stopping:
-            step_start = time.time()
-            lr = lr_at(state.step, cfg)
-            for group in run.optimizer.param_groups:
-                group["lr"] = lr
-            step_loss, step_terms, counted = forward_backward(run)
-            state.tokens += counted
-            interval_tokens += counted
-            if job.enabled:  # one collective: the mean loss and terms, and whether any process got Ctrl-C
-                step_loss, stop_flag, *values = job.mean([step_loss, float(stop.requested), *step_terms.values()])
-                stopping, step_terms = stop_flag > 0, dict(zip(step_terms, values))
-            else:
-                stopping = stop.requested
-            for name, value in step_terms.items():
-                state.terms_sum[name] = state.terms_sum.get(name, 0.0) + value
-            grad_norm = gradient_norm(run.model, cfg.grad_clip)
-            if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
-                bar.close()
-                raise NonFiniteLoss(f"{'loss' if not math.isfinite(step_loss) else 'gradient norm'} became "
-                                    f"{step_loss if not math.isfinite(step_loss) else grad_norm} at step {state.step}; "
-                                    "the run stopped before that step changed the weights. The last good checkpoint "
-                                    f"is {os.path.join(run.out, 'checkpoint.pt')}; try a lower --lr or --grad_clip")
-            run.optimizer.step()
-            run.optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.loss_sum += step_loss
-            state.loss_count += 1
-            state.elapsed_s = elapsed_before + time.time() - session_start
-            interval_train_s += time.time() - step_start
-            bar.update(1)
+    stopping = False  # Ctrl-C or SIGTERM, agreed by every process at the same step (it arrives anywhere)
+    while state.step < cfg.max_steps and not stopping:
+        step_start = time.time()
+        lr = lr_at(state.step, cfg)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        step_loss, step_terms, counted = forward_backward(run)
+        state.tokens += counted
+        interval_tokens += counted
+        if job.enabled:  # one collective: the mean loss and terms, and whether any process got Ctrl-C
+            step_loss, stop_flag, *values = job.mean([step_loss, float(stop.requested), *step_terms.values()])
+            stopping, step_terms = stop_flag > 0, dict(zip(step_terms, values))
+        else:
+            stopping = stop.requested
+        for name, value in step_terms.items():
+            state.terms_sum[name] = state.terms_sum.get(name, 0.0) + value
+        grad_norm = gradient_norm(run.model, cfg.grad_clip)
+        if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+            bar.close()
+            raise NonFiniteLoss(f"{'loss' if not math.isfinite(step_loss) else 'gradient norm'} became "
+                                f"{step_loss if not math.isfinite(step_loss) else grad_norm} at step {state.step}; "
+                                "the run stopped before that step changed the weights. The last good checkpoint "
+                                f"is {os.path.join(run.out, 'checkpoint.pt')}; try a lower --lr or --grad_clip")
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.loss_sum += step_loss
+        state.loss_count += 1
+        state.elapsed_s = elapsed_before + time.time() - session_start
+        interval_train_s += time.time() - step_start
+        bar.update(1)
 
-            done = state.step == cfg.max_steps
-            if state.step % cfg.eval_interval == 0 or done:
-                if job.is_main:  # rank 0 alone evaluates and logs
-                    log_evaluation(run, state, lr, grad_norm, interval_tokens / max(interval_train_s, 1e-9), bar)
-                state.loss_sum, state.loss_count, state.terms_sum = 0.0, 0, {}
-                interval_tokens, interval_train_s = 0, 0.0
-            if state.step % cfg.checkpoint_interval == 0 or done:
-                save_checkpoint(run, state)
-        bar.close()
-        if stopping and state.step < cfg.max_steps:
+        done = state.step == cfg.max_steps
+        if state.step % cfg.eval_interval == 0 or done:
+            if job.is_main:  # rank 0 alone evaluates and logs
+                log_evaluation(run, state, lr, grad_norm, interval_tokens / max(interval_train_s, 1e-9), bar)
+            state.loss_sum, state.loss_count, state.terms_sum = 0.0, 0, {}
+            interval_tokens, interval_train_s = 0, 0.0
+        if state.step % cfg.checkpoint_interval == 0 or done:
             save_checkpoint(run, state)
-            say(run, f"interrupted: saved step {state.step} to {run.out}; continue with "
-                f"`python train.py --resume {run.out}`")
+    bar.close()
+    if stopping and state.step < cfg.max_steps:
+        save_checkpoint(run, state)
+        say(run, f"interrupted: saved step {state.step} to {run.out}; continue with "
+            f"`python train.py --resume {run.out}`")
 
 
 def forward_backward(run):
@@ -347,18 +366,38 @@ def log_evaluation(run, state, lr, grad_norm, tok_s, bar):
         run.on_eval(row)
     total, _ = tools.count_parameters(run.model)
     mfu = tools.estimate_mfu(sizing.flops_per_token(total, run.model_cfg), tok_s, run.device)
+    if run.tracker is not None:
+        run.tracker.log({**row, **({"mfu": mfu} if mfu else {})}, state.step)
+        story = sample_story(run)
+        if story is not None:
+            run.tracker.text("sample", story, state.step)
     bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{val_loss:.3f}", bpc=f"{row['val_bpc']:.3f}",
                     lr=f"{lr:.1e}", tok_s=f"{tok_s:,.0f}", **({"mfu": f"{mfu:.1%}"} if mfu else {}))
 
 
-def resume_run(run_dir, progress=True, command=None):
-    """Continue the run saved in run_dir from its checkpoint, with the configs stored there."""
-    run_dir = os.path.abspath(run_dir.rstrip("/"))
+def sample_story(run, max_new_tokens=120):
+    """A story the model writes from scratch (seeded, in eval mode: the training RNG streams are
+    untouched), for the tracker; None for a model that reads more than a prompt (an encoder's
+    source)."""
+    if run.model.example_inputs(1):
+        return None
+    run.model.eval()
+    try:
+        return inference.generate(run.model, data.load_tokenizer(run.model_cfg.tokenizer), [""],
+                                  max_new_tokens=max_new_tokens, temperature=0.8, min_p=0.05, seed=0)[0]
+    finally:
+        run.model.train()
+
+
+def resume_run(run_dir, progress=True, command=None, data_dir=""):
+    """Continue the run saved in run_dir from its checkpoint, with the configs stored there (the
+    data folder: data_dir, else MMS_DATA_DIR, else the one stored; see runs.load_configs)."""
+    run_dir = os.path.abspath(runs.find_run(run_dir.rstrip("/")))
     paths = [os.path.join(run_dir, f) for f in ("model_config.json", "train_config.json", "checkpoint.pt")]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise FileNotFoundError(f"cannot resume {run_dir}: missing {missing}")
-    model_cfg, train_cfg = runs.load_configs(run_dir)
+    model_cfg, train_cfg = runs.load_configs(run_dir, data_dir)
     train_cfg.out_dir, train_cfg.name = os.path.dirname(run_dir), os.path.basename(run_dir)
     return train(model_cfg, train_cfg, resume=True, progress=progress, command=command)
 
@@ -366,8 +405,10 @@ def resume_run(run_dir, progress=True, command=None):
 def main(argv=None):
     parser = tools.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="llama_1m", help=f"one of {list(presets.PRESETS)} (default llama_1m)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in this folder")
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing run folder of the same name")
+    parser.add_argument("--resume", metavar="RUN", help="continue the run saved in this folder (a path, or a name under trained/)")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing run folder of the same name "
+                        "(not a run committed to the repository: that also needs --force)")
+    parser.add_argument("--force", action="store_true", help="with --overwrite: delete even a committed (shipped) run")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     config.add_config_arguments(parser)
     args = parser.parse_args(argv)
@@ -375,13 +416,15 @@ def main(argv=None):
     overrides = config.overrides_from_args(args)
     try:
         if args.resume:
+            data_dir = overrides.pop("data_dir", "")  # where the same data lies on this machine
             if overrides:
                 raise ValueError(f"--resume continues a run with the configs stored in it; "
                                  f"{', '.join('--' + k for k in overrides)} cannot change them (train a new run instead)")
-            resume_run(args.resume, progress=not args.no_progress, command=command)
+            resume_run(args.resume, progress=not args.no_progress, command=command, data_dir=data_dir)
         else:
             model_cfg, train_cfg = presets.get_preset(args.preset, **overrides)
-            train(model_cfg, train_cfg, overwrite=args.overwrite, progress=not args.no_progress, command=command)
+            train(model_cfg, train_cfg, overwrite=args.overwrite, progress=not args.no_progress, command=command,
+                  force=args.force)
     except (*tools.USER_ERRORS, data.DataUnavailable, NonFiniteLoss) as e:
         tools.fail(e)
 

@@ -20,11 +20,15 @@ from modules import build_model  # noqa: E402
 from train import make_optimizer  # noqa: E402
 from timing import median_time  # noqa: E402
 
-MODES = {"eager fp32": (False, False), "bf16 autocast": (True, False), "compiled fp32": (False, True),
-         "compiled + bf16": (True, True)}
+# mode -> (bf16 autocast, torch.compile, deterministic algorithms: what train.py sets on CPU)
+MODES = {"eager fp32": (False, False, False), "bf16 autocast": (True, False, False), "compiled fp32": (False, True, False),
+         "compiled + bf16": (True, True, False), "eager fp32 det": (False, False, True), "compiled fp32 det": (False, True, True),
+         "compiled + bf16 det": (True, True, True)}
 
 
-def measure(preset, use_autocast, use_compile, steps, batch_size, warmup, device):
+def measure(preset, use_autocast, use_compile, deterministic, steps, batch_size, warmup, device):
+    torch._dynamo.reset()  # each mode compiles afresh, under its own settings
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
     model_cfg, train_cfg = presets.get_preset(preset)
     tools.seed_everything(0)
     model = build_model(model_cfg).to(device)
@@ -54,26 +58,26 @@ def main():
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: " + ", ".join(MODES))
     args = p.parse_args()
     device = tools.pick_device(args.device)
-    presets, modes = args.presets.split(","), [m.strip() for m in args.modes.split(",")]
+    names, modes = args.presets.split(","), [m.strip() for m in args.modes.split(",")]
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         sys.exit(f"error: --modes {unknown} invalid: choose from {list(MODES)}")
     print(f"batch {args.batch_size} x max_seq_len, {device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; median of {args.steps} steps after {args.warmup} warm-up")
     results = {}
-    for preset in presets:
+    for preset in names:
         for mode in modes:
             results[preset, mode] = measure(preset, *MODES[mode], args.steps, args.batch_size, args.warmup, device)
             print(f"  {preset:<16} {mode:<16} {results[preset, mode]:>10,.0f} tokens/s", flush=True)
     print("ratios (same run):")
     for (preset, mode), tps in results.items():
         base = results.get((preset, "eager fp32"))
-        first = results[presets[0], mode]
+        first = results[names[0], mode]
         line = f"  {preset:<16} {mode:<16}"
         if base:
             line += f" {tps / base:5.2f}x its eager fp32"
-        if len(presets) > 1:
-            line += f" {tps / first:5.2f}x {presets[0]} ({mode})"
+        if len(names) > 1:
+            line += f" {tps / first:5.2f}x {names[0]} ({mode})"
         print(line)
 
 

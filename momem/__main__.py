@@ -21,7 +21,8 @@ def main(argv=None):
     p = commands.add_parser("train", help="train modules with the shared trainer (progress bar, checkpoints)")
     p.add_argument("module", choices=[*MODULES, "all"])
     p.add_argument("--resume", action="store_true", help="continue trained/momem_MODULE from its checkpoint")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="retrain a module whose run folder exists")
+    p.add_argument("--force", action="store_true", help="with --overwrite: replace even the committed (shipped) modules")
     p.add_argument("--max_steps", type=int, default=None)
     p.add_argument("--no_progress", action="store_true")
     p = commands.add_parser("ask", help="ask the chained pipeline a question")
@@ -51,8 +52,8 @@ def main(argv=None):
                     train.resume_run(os.path.join(config.ROOT, "trained", name), progress=not args.no_progress)
                     continue
                 overrides = {"max_steps": args.max_steps} if args.max_steps is not None else {}
-                model_cfg, train_cfg = presets.get_preset(name, **overrides)
-                train.train(model_cfg, train_cfg, overwrite=args.overwrite, progress=not args.no_progress,
+                model_cfg, train_cfg = presets.get_preset(name, name=name, **overrides)  # the folder the pipeline reads
+                train.train(model_cfg, train_cfg, overwrite=args.overwrite, force=args.force, progress=not args.no_progress,
                             command="python -m momem " + " ".join(sys.argv[1:] if argv is None else argv))
         elif args.command == "ask":
             question = check_question(args.question)  # before the models load

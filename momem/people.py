@@ -18,6 +18,8 @@ import json
 import os
 import random
 
+import tools
+
 FIRST = """Amina Otieno Baraka Wanjiru Kofi Ama Chidi Ngozi Tunde Zola Thabo Lerato Sipho Ayana Kwame Nia Jabari Imani
 Malik Zuri Omari Asha Femi Ada Kato Nala Juma Sade Lars Ingrid Sven Freya Anders Elin Nils Astrid Mateo Lucia Diego
 Sofia Pablo Elena Marco Giulia Luca Chiara Hugo Chloe Louis Manon Felix Clara Jonas Lena Emil Mila Oskar Ida Theo
@@ -202,10 +204,13 @@ def write(folder, seed=0, **kwargs):
     for split, (people, examples) in generate(seed, **kwargs).items():
         for kind, rows in (("people", people), ("examples", examples)):
             path = os.path.join(folder, f"{kind}-{split}.jsonl")
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-            os.replace(path + ".tmp", path)
+            tools.atomic_save(lambda p: _write_jsonl(p, rows), path)
     return folder
+
+
+def _write_jsonl(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
 def read(folder, kind, split):

@@ -8,9 +8,11 @@ encoder-decoders run their encoder once per batch through `model_inputs`). A que
 nobody, or about a person the store does not hold, gets a plain "I don't know" answer, never a
 guess.
 """
+import functools
 import os
 from dataclasses import dataclass, field
 
+import data
 import inference
 import tools
 from config import ROOT
@@ -29,17 +31,27 @@ def unknown_answer(name):
     return f"I don't know anyone called {name}."
 
 
+@functools.lru_cache(maxsize=1)
+def _alphabet():
+    """The characters MoMeM's character-level tokenizer knows (others would go through its byte
+    fallback as several ids the models never saw in training)."""
+    return frozenset(t for t in data.load_tokenizer("char").get_vocab() if len(t) == 1)
+
+
 def check_question(question):
-    """A clear ValueError for what the models cannot read."""
-    if not isinstance(question, str) or not question.strip():
+    """The question as the models can read it (characters outside their alphabet, an emoji
+    say, are left out: they garble every stage), or a clear ValueError."""
+    readable = " ".join("".join(c if c in _alphabet() else " " for c in question).split()) \
+        if isinstance(question, str) else ""
+    if not readable:
         raise ValueError(f"question={question!r} is invalid: ask about a person, e.g. "
                          "\"What is Amina Otieno's favourite movie?\"")
-    if len(question) > MAX_QUESTION_CHARS:
-        raise ValueError(f"the question is {len(question)} characters long; at most {MAX_QUESTION_CHARS} fit "
-                         "the NER model's context")
     if "\n" in question:
         raise ValueError("the question must be one line (a newline separates question and answer)")
-    return question.strip()
+    if len(readable) > MAX_QUESTION_CHARS:
+        raise ValueError(f"the question is {len(readable)} characters long; at most {MAX_QUESTION_CHARS} fit "
+                         "the NER model's context")
+    return readable
 
 
 def open_store(path=None, folder=None):
@@ -230,12 +242,13 @@ def plot(summary, path=None):
         ax.bar([i + k * width for i in range(len(metrics))], [row[m] for m in metrics], width, label=split)
     ax.set_xticks([i + width * (len(overall) - 1) / 2 for i in range(len(metrics))])
     ax.set_xticklabels(metrics, rotation=20, ha="right", fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("rate")
-    ax.legend()
+    lowest = min(float(row[m]) for _, row in overall.iterrows() for m in metrics)
+    ax.set_ylim(max(0.0, lowest - 0.1 * (1.02 - lowest)), 1.01)  # zoomed: 0.96 and 1.00 must look different
+    ax.set_ylabel("rate (axis zoomed, not from 0)" if lowest > 0.1 else "rate")
+    ax.legend(title="split", loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     ax.set_title("MoMeM: every stage, and the chain")
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
     return fig

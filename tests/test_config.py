@@ -54,7 +54,7 @@ def test_presets_match_the_issue():
     assert (m.rope_theta, m.tie_embeddings, m.vocab_size, m.max_seq_len) == (10000.0, True, 2048, 512)
     g, _ = get_preset("gpt2_1m")
     assert (g.norm_type, g.pos_encoding, g.mlp_activation, g.mlp_gated, g.num_kv_heads) == ("layernorm", "learned", "gelu", False, 2)
-    assert t.name == "llama_1m"
+    assert t.name == "my_llama_1m"  # a default name is never a shipped run's folder
 
 
 def test_json_round_trip(tmp_path):

@@ -77,7 +77,8 @@ def comparison_runs(tiny_run, tmp_path_factory):
                       min_size=1, max_size=3),
        argv=options({"--topk": st.sampled_from(["1", "1,5", "5,1", "0", "-1", "1,,2", "x", "", "100000"]),
                      "--eval_tokens": INT_TEXT,
-                     "--data_dir": st.sampled_from(["", FIXTURE_DATA, "/nonexistent", __file__])}),
+                     "--data_dir": st.sampled_from(["", FIXTURE_DATA, "/nonexistent", __file__]),
+                     "--stories": st.sampled_from(["0", "2", "-1", "x", ""])}),
        out=st.sampled_from(["fresh", "a_file"]))
 def test_fuzz_comparison_cli(names, argv, out, comparison_runs, tmp_path_factory, capsys):
     out_dir = tmp_path_factory.mktemp("cmp")
@@ -85,6 +86,8 @@ def test_fuzz_comparison_cli(names, argv, out, comparison_runs, tmp_path_factory
         (out_dir / "a_file").write_text("")
     out_dir = out_dir / out
     runs = [comparison_runs[n] for n in names]
+    if "--stories" not in argv:  # 32 stories per run by default: the fuzz keeps its examples cheap
+        argv = [*argv, "--stories", "0"]
     if run_cli(model_comparison.main, [*runs, "--out", str(out_dir), *argv], capsys):
         assert (out_dir / "summary.md").exists() and (out_dir / "curves.png").exists()
 

@@ -26,9 +26,9 @@ from conftest import ROOT, TINY_TRAIN_ARGS, assert_cli_error, tiny_configs
 LAYERS = {
     "config": 0, "tools": 0,
     "data": 1, "modules": 1, "metrics": 1, "distributed": 1,
-    "runs": 2, "presets": 2,
+    "runs": 2, "presets": 2, "trackers": 2,
     "train": 3, "inference": 3,
-    "model_comparison": 4, "hparam_search": 4, "scaling": 4,
+    "model_comparison": 4, "hparam_search": 4, "scaling": 4, "export": 4,
     "momem": 5, "bench": 5, "notebooks": 5,
 }
 

@@ -125,3 +125,30 @@ def test_name_recall_matches_greedy_predictions(two_runs):
     with torch.no_grad():
         expected = [int(model(torch.tensor([stories[k]]))[0][0, j].argmax()) == stories[k][j + 1] for k, j in items]
     assert hits.tolist() == expected
+
+
+def test_story_statistics_by_hand():
+    texts = ["the cat sat on the mat the cat sat on the mat", "a dog ran"]
+    # words: 12 + 3; unigrams: the cat sat on mat a dog ran = 8 distinct of 15
+    assert metrics.distinct_n(texts, 1) == pytest.approx(8 / 15)
+    # bigrams: 11 + 2 = 13; distinct: the-cat cat-sat sat-on on-the the-mat mat-the a-dog dog-ran = 8
+    assert metrics.distinct_n(texts, 2) == pytest.approx(8 / 13)
+    # 4-grams of the first: 9, of which "the cat sat on" ... the second half repeats 3 of the first 6
+    assert metrics.repeated_ngram_share(texts[0], 4) == pytest.approx(3 / 9)
+    assert metrics.repeated_ngram_share("one two three", 4) == 0.0
+    stats = metrics.story_statistics(texts, [True, False])
+    assert stats["mean_words"] == 7.5 and stats["ended"] == 0.5
+    assert stats["repeated_4gram"] == pytest.approx((3 / 9 + 0) / 2)
+
+
+def test_compare_reports_story_statistics_with_the_real_stories_as_reference(two_runs, tmp_path):
+    table, _ = mc.compare(two_runs, str(tmp_path), eval_tokens=1024, progress=False, stories=4)
+    for column in mc.STORY_COLUMNS:
+        assert table[column].notna().all(), column
+    assert ((table["distinct_1"] > 0) & (table["distinct_1"] <= 1)).all()
+    reference = table.attrs["story_reference"]
+    assert reference["ended"] == 1.0 and reference["mean_words"] > 5
+    assert os.path.isfile(tmp_path / "stories.png")
+    assert "The real continuations of the same prompts" in (tmp_path / "summary.md").read_text()
+    with pytest.raises(ValueError, match="stories=-1 is invalid"):
+        mc.compare(two_runs, None, stories=-1)

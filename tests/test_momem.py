@@ -167,7 +167,7 @@ def tiny_modules(folder, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("trained"))
     for name in ("momem_ner", "momem_summary", "momem_response"):
         encoder = {} if name == "momem_ner" else {"encoder_layers": 1}  # the NER model has no encoder
-        model_cfg, train_cfg = presets.get_preset(name, data_dir=folder, out_dir=out, dim=32, num_layers=1,
+        model_cfg, train_cfg = presets.get_preset(name, name=name, data_dir=folder, out_dir=out, dim=32, num_layers=1,
                                                  **encoder, num_q_heads=2, num_kv_heads=2, head_dim=16,
                                                  max_steps=6, eval_interval=3, checkpoint_interval=3, batch_size=8,
                                                  device="cpu", autocast="off")

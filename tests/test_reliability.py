@@ -327,11 +327,11 @@ TMPFS_SCRIPT = """
 set -u
 mount -t tmpfs -o size="$SIZE" tmpfs "$MNT" || exit 9
 "$PY" train.py $ARGS --out_dir "$MNT"; echo "first exit $?"
-"$PY" -c "import sys, torch; print('checkpoint step', torch.load(sys.argv[1], weights_only=True)['step'])" "$MNT/tiny/checkpoint.pt"
-ls -A "$MNT/tiny" | tr '\\n' ' '; echo
+"$PY" -c "import sys, torch; print('checkpoint step', torch.load(sys.argv[1], weights_only=True)['step'])" "$MNT/my_tiny/checkpoint.pt"
+ls -A "$MNT/my_tiny" | tr '\\n' ' '; echo
 mount -o remount,size=64m "$MNT"
-"$PY" train.py --resume "$MNT/tiny" --no_progress; echo "resume exit $?"
-cp "$MNT/tiny/model.safetensors" "$OUT"
+"$PY" train.py --resume "$MNT/my_tiny" --no_progress; echo "resume exit $?"
+cp "$MNT/my_tiny/model.safetensors" "$OUT"
 """
 
 
@@ -347,7 +347,7 @@ def test_disk_full_on_a_small_tmpfs_then_resume(tmp_path):
     done = subprocess.run([sys.executable, "train.py", *args.split(), "--out_dir", str(tmp_path / "ref")], cwd=ROOT,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    pages = {f.name: -(-f.stat().st_size // 4096) * 4096 for f in (tmp_path / "ref" / "tiny").iterdir()}
+    pages = {f.name: -(-f.stat().st_size // 4096) * 4096 for f in (tmp_path / "ref" / "my_tiny").iterdir()}
     # room for every file once and 8 KiB of log growth, but not for a second full checkpoint, which
     # a save writes beside the old one before the rename. The step-0 checkpoint holds no Adam
     # moments yet (a third of the size), so step 10's save fits and step 20's is the one that fails.
@@ -363,7 +363,7 @@ def test_disk_full_on_a_small_tmpfs_then_resume(tmp_path):
     assert "no space left on its disk" in errors[0] and "previous version is kept" in errors[0], errors
     assert "checkpoint step 10" in out and ".tmp" not in out, out
     assert "resume exit 0" in out, (out, err)
-    ref, got = load_file(tmp_path / "ref" / "tiny" / "model.safetensors"), load_file(tmp_path / "model.safetensors")
+    ref, got = load_file(tmp_path / "ref" / "my_tiny" / "model.safetensors"), load_file(tmp_path / "model.safetensors")
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
 
 
@@ -391,7 +391,7 @@ def test_two_processes_started_with_one_name(tmp_path):
     assert_cli_error(2, error, "in use by another process|already exists")
     alone = start(tmp_path / "alone")
     assert alone.wait(timeout=300) == 0
-    a, b = load_file(tmp_path / "alone" / "tiny" / "model.safetensors"), load_file(tmp_path / "shared" / "tiny" / "model.safetensors")
+    a, b = load_file(tmp_path / "alone" / "my_tiny" / "model.safetensors"), load_file(tmp_path / "shared" / "my_tiny" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -71,7 +71,8 @@ def test_resume_is_bit_identical(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_ctrl_c_saves_and_resume_finishes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; kill, timeout, a scheduler
+def test_ctrl_c_saves_and_resume_finishes(tmp_path, monkeypatch, stop_signal):
     cfg, tcfg = tiny_configs(max_steps=20, checkpoint_interval=100, eval_interval=100, out_dir=str(tmp_path))
     calls = {"n": 0}
     original = data.sample_batch
@@ -79,7 +80,7 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path, monkeypatch):
     def interrupting(*args):
         calls["n"] += 1
         if calls["n"] == 7:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), stop_signal)
         return original(*args)
     monkeypatch.setattr(data, "sample_batch", interrupting)
     run = train.train(cfg, tcfg, progress=False)

@@ -1,0 +1,80 @@
+"""Every shell command in the README runs as written (with tiny overrides appended where the
+real one takes minutes), or is listed here with the reason it is not run. A README command
+that no rule below covers fails the test: add it here when you add it there."""
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from conftest import FIXTURE_DATA, ROOT, SHARED_DATA
+
+README = os.path.join(ROOT, "README.md")
+SHIPPED = os.path.isfile(os.path.join(ROOT, "trained", "llama_1m", "model.safetensors"))
+TINY_TRAINING = ["--max_steps", "2", "--eval_interval", "1", "--checkpoint_interval", "1", "--batch_size", "2",
+                 "--max_seq_len", "64", "--eval_tokens", "1024", "--compile", "off", "--no_progress"]
+
+# (pattern the command starts with, extra arguments appended | the reason it is not run)
+RULES = [
+    (r"pip install", "installing is .ci/run's first step"),
+    (r"python -m pytest", "the test suite itself"),
+    (r"export MMS_DATA_DIR", "sets the data folder; the commands below run with MMS_DATA_DIR set"),
+    (r"python inference\.py", ["--max_new_tokens", "8"]),
+    (r"python train\.py --help", []),
+    (r"python train\.py --resume", []),
+    (r"python train\.py", ["--out_dir", "{tmp}", *TINY_TRAINING]),
+    (r"python model_comparison\.py", ["--eval_tokens", "2048", "--stories", "4"]),
+    (r"python hparam_search\.py", "an 8-trial study of 3M tokens each (hours on a CPU) that would extend the "
+                                  "committed study; tests/test_hparam_search.py runs tiny studies end to end"),
+    (r"python bench/", "benchmarks print timings and take minutes; they are not tests"),
+    (r"torchrun", "needs several GPUs or nodes; tests/test_distributed.py trains with two gloo processes"),
+    (r"python -m momem train", "trains the three MoMeM modules for about half an hour; tests/test_momem.py "
+                               "trains tiny ones through the same code"),
+    (r"python -m momem add", "writes a person into the user's memory store; tests/test_momem.py adds to a temporary one"),
+    (r"python -m momem eval", ["--limit", "8"]),
+    (r"python -m momem", []),
+]
+
+
+def readme_commands():
+    """Every command line of the README's ```bash blocks (continuation lines joined, comments cut)."""
+    text = open(README, encoding="utf-8").read()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words:
+                commands.append(words)
+    return commands
+
+
+def rule_for(words):
+    line = " ".join(words)
+    return next(((p, action) for p, action in RULES if re.match(p, line)), (None, None))
+
+
+def test_every_readme_command_has_a_rule():
+    missing = [" ".join(w) for w in readme_commands() if rule_for(w)[0] is None]
+    assert not missing, f"README commands without a rule in tests/test_readme.py: {missing}"
+
+
+def runnable():
+    return [w for w in readme_commands() if isinstance(rule_for(w)[1], list)]
+
+
+@pytest.mark.skipif(not SHIPPED, reason="the shipped models (trained/) are not present")
+def test_readme_commands_run_as_written(tmp_path):
+    data = SHARED_DATA if os.path.isfile(os.path.join(SHARED_DATA, "train.txt")) else FIXTURE_DATA
+    env = dict(os.environ, MMS_DATA_DIR=data, OMP_NUM_THREADS="2")
+    for words in runnable():
+        _, extra = rule_for(words)
+        argv = [a.replace("trained/my_", f"{tmp_path}/my_") for a in words]  # runs the README trains, not the shipped
+        argv = [sys.executable if a == "python" else a for a in argv]
+        argv = [a.replace("comparison/momem", str(tmp_path / "momem_report")) for a in argv]
+        argv += [a.format(tmp=tmp_path) for a in extra]
+        if argv[1:2] == ["model_comparison.py"]:
+            argv[argv.index("--out") + 1] = str(tmp_path / "comparison")  # the shipped figures stay as they are
+        result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"{' '.join(words)}\n{result.stdout[-1500:]}\n{result.stderr[-3000:]}"
