@@ -171,9 +171,9 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
     optimizer, step, RNG states and data position come from the folder's checkpoint.pt
     (use `resume_run`, which also reads the folder's configs). overwrite=True replaces a run
     folder of the same name, except one committed to the repository (a shipped model) unless
-    force=True as well. `command` is recorded in the
-    run's README.md. on_eval(row) is called with every log row (a sweep's pruner may raise to
-    stop the run there). Under torchrun every process calls this; see distributed.py."""
+    force=True as well. `command` is recorded in the run's README.md. on_eval(row) is called
+    with every log row (a sweep's pruner may raise to stop the run there). Under torchrun every
+    process calls this; see distributed.py."""
     presets.check(model_cfg, train_cfg)
     job = distributed.Context()
     device = job.start(tools.pick_device(train_cfg.device))
@@ -195,15 +195,20 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
             finally:
                 if run.tracker is not None:
                     run.tracker.close()
-            if state.step == train_cfg.max_steps and job.is_main:
-                runs.write_readme(out, command)
-                shown = os.path.relpath(out) if not os.path.relpath(out).startswith("..") else out
-                say(run, f"saved the run to {shown} (model.safetensors, log_data.csv, README.md); sample it with "
-                    f"`python inference.py --model {shown}`")
+            finish(run, state, command)
         job.barrier()  # nobody tears the process group down while another process still writes or talks
         return out
     finally:
         job.close()
+
+
+def finish(run, state, command):
+    """A run that reached max_steps gets its README.md, and says where it is."""
+    if state.step == run.train_cfg.max_steps and run.job.is_main:
+        runs.write_readme(run.out, command)
+        shown = os.path.relpath(run.out) if not os.path.relpath(run.out).startswith("..") else run.out
+        say(run, f"saved the run to {shown} (model.safetensors, log_data.csv, README.md); sample it with "
+            f"`python inference.py --model {shown}`")
 
 
 def check_job_fits(job, model_cfg, train_cfg, device):
@@ -245,7 +250,8 @@ def announce(run, state, resume):
     total, embedding = tools.count_parameters(run.model)
     say(run, f"{run.model_cfg.model_type} '{run.train_cfg.name}': {total:,} parameters ({total - embedding:,} "
         f"non-embedding) on {run.device}, autocast={'bf16' if run.use_autocast else 'off'}, "
-        f"compile={'on' if run.step_model is not run.model else 'off'}; {run.train_cfg.dataset}: "
+        f"compile={'on' if tools.compile_enabled(run.train_cfg.compile, run.device) else 'off'}; "
+        f"{run.train_cfg.dataset}: "
         f"{run.dataset.describe()}" + (f"; {run.job.world} processes" if run.job.enabled else "")
         + (f"; resuming at step {state.step}" if resume else ""))
 
