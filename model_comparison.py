@@ -11,6 +11,7 @@ that share a tokenizer.
 """
 import dataclasses
 import glob
+import json
 import math
 import os
 
@@ -22,7 +23,7 @@ import data
 import inference
 import metrics
 import tools
-from runs import TRAINED, load_configs, read_log, read_run
+from runs import TRAINED, load_configs, read_run
 
 
 def find_runs(patterns):
@@ -43,6 +44,7 @@ def summarize(run):
     last, best = r.last, r.best
     return {"run": os.path.basename(run), "model_type": r.model_cfg.model_type, "tokenizer": r.model_cfg.tokenizer,
             "params": r.params, "non_embedding_params": r.non_embedding_params, "tokens": int(last["tokens"]),
+            "flops": float(last["flops"]),
             "wall_clock_s": float(last["elapsed_s"]), "final_val_loss": float(last["val_loss"]),
             "best_val_loss": float(best["val_loss"]), "best_step": int(best["step"]),
             "final_val_bpc": float(last["val_bpc"]), "best_val_bpc": float(best["val_bpc"]),
@@ -50,20 +52,21 @@ def summarize(run):
 
 
 def plot_curves(runs, path=None, final_deltas=None):
-    """Top: validation (solid) and train (dashed) loss against step, tokens seen and wall-clock,
-    one colour per run; in bits/char when the runs use different tokenizers. Bottom: each run's
+    """Top: validation (solid) and train (dashed) loss against step, tokens seen, training FLOPs
+    and wall-clock, one colour per run; in bits/char when the runs use different tokenizers. Bottom: each run's
     validation loss minus the first run's at the same steps, with +-2 paired standard errors at
     the end when `final_deltas` [(delta, se), ...] (from compare) are given."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-    logs = {os.path.basename(r): read_log(r) for r in runs}
+    logs = {os.path.basename(r): read_run(r).log for r in runs}
     tokenizers = {config.load_json(config.ModelConfig, os.path.join(r, "model_config.json")).tokenizer for r in runs}
     in_bpc = len(tokenizers) > 1
     unit = "bits per character" if in_bpc else "nats per token"
     colors = plt.get_cmap("tab10" if len(logs) <= 10 else "tab20").colors
-    fig = plt.figure(figsize=(16, 8.5))
-    grid = fig.add_gridspec(2, 3, height_ratios=(1.3, 1))
-    axes = [fig.add_subplot(grid[0, i]) for i in range(3)]
+    x_axes = (("step", "step"), ("tokens", "tokens seen"), ("flops", "training FLOPs"), ("elapsed_s", "wall-clock seconds"))
+    fig = plt.figure(figsize=(19, 8.5))
+    grid = fig.add_gridspec(2, len(x_axes), height_ratios=(1.3, 1))
+    axes = [fig.add_subplot(grid[0, i]) for i in range(len(x_axes))]
     for ax in axes[1:]:
         ax.sharey(axes[0])
     delta_ax = fig.add_subplot(grid[1, :])
@@ -74,7 +77,7 @@ def plot_curves(runs, path=None, final_deltas=None):
         factor = (log["val_bpc"] / log["val_loss"]).iloc[-1] if in_bpc else 1.0
         low = min(low, (log[["val_loss", "train_loss"]] * factor).min().min())
         high = max(high, (log["val_loss"] * factor).max())
-        for ax, x in zip(axes, ("step", "tokens", "elapsed_s")):
+        for ax, (x, _) in zip(axes, x_axes):
             ax.plot(log[x], log["val_loss"] * factor, color=color)
             ax.plot(log[x], log["train_loss"] * factor, color=color, linestyle="--", alpha=0.6)
         val = log.set_index("step")["val_loss"] * factor
@@ -84,7 +87,7 @@ def plot_curves(runs, path=None, final_deltas=None):
         if final_deltas is not None and i > 0 and not math.isnan(final_deltas[i][1]):
             d, se = (v * factor for v in final_deltas[i])
             delta_ax.errorbar([shared.max()], [d], yerr=[2 * se], color=color, capsize=4, linewidth=2)
-    for ax, label in zip(axes, ("step", "tokens seen", "wall-clock seconds")):
+    for ax, (_, label) in zip(axes, x_axes):
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylim(low - 0.03 * (high - low), high + 0.05 * (high - low))  # the first train losses are far above
@@ -236,6 +239,34 @@ def plot_story_quality(table, reference, path=None):
     return fig
 
 
+SEED_FREE = ("seed", "name", "out_dir", "data_dir")  # what may differ between runs of one group
+
+
+def seed_groups(table, configs):
+    """Runs that differ only in their seed, grouped (in table order): per group its runs and
+    seeds, the mean final validation loss over seeds +- its standard error, and the difference
+    to the first group paired by seed (same seed = same data order and initialisation) +- the
+    standard error of those paired differences. configs: {run: (model dict, train dict)}."""
+    def key(run):
+        model, train = configs[run]
+        return json.dumps([model, {k: v for k, v in train.items() if k not in SEED_FREE}], sort_keys=True)
+    losses = dict(zip(table["run"], table["final_val_loss"]))
+    groups = {}
+    for run in table["run"]:
+        groups.setdefault(key(run), []).append(run)
+    first = {configs[r][1]["seed"]: losses[r] for r in next(iter(groups.values()))}
+    rows = []
+    for members in groups.values():
+        by_seed = {configs[r][1]["seed"]: losses[r] for r in members}
+        mean, se = metrics.mean_and_se(torch.tensor(list(by_seed.values()), dtype=torch.float64))
+        shared = sorted(set(by_seed) & set(first))
+        delta, delta_se = metrics.mean_and_se(torch.tensor([by_seed[s] - first[s] for s in shared],
+                                                           dtype=torch.float64)) if shared else (math.nan,) * 2
+        rows.append({"group": members[0], "runs": ", ".join(members), "seeds": len(by_seed), "val_loss_mean": mean,
+                     "val_loss_se": se, "delta_by_seed": delta, "delta_by_seed_se": delta_se, "paired_seeds": len(shared)})
+    return pd.DataFrame(rows)
+
+
 def paired_difference(losses, reference):
     """Mean of losses - reference over the same windows, and its standard error (paired)."""
     return metrics.mean_and_se(losses - reference)
@@ -283,6 +314,10 @@ def compare(run_patterns, out_dir=None, ks=(1, 5), data_dir="", eval_tokens=None
         os.makedirs(out_dir, exist_ok=True)
     final = list(zip(table["delta_loss"], table["delta_se"])) if "delta_loss" in table else None
     fig = plot_curves(runs, os.path.join(out_dir, "curves.png") if out_dir else None, final)
+    configs = {os.path.basename(r): tuple(dataclasses.asdict(c) for c in load_configs(r)) for r in runs}
+    groups = seed_groups(table, configs)
+    if (groups["seeds"] > 1).any():
+        table.attrs["seed_groups"] = groups
     if prompts:
         table.attrs["story_reference"] = metrics.story_statistics(real, [True] * len(real))
         plot_story_quality(table, table.attrs["story_reference"], os.path.join(out_dir, "stories.png") if out_dir else None)
@@ -293,13 +328,20 @@ def compare(run_patterns, out_dir=None, ks=(1, 5), data_dir="", eval_tokens=None
 
 
 SUMMARY_FORMATS = {"params": "{:,}", "non_embedding_params": "{:,}", "tokens": "{:,}", "wall_clock_s": "{:.0f}",
-                   "tokens_per_s": "{:,.0f}", "best_step": "{}", "name_items": "{}", "mean_words": "{:.1f}"}
+                   "tokens_per_s": "{:,.0f}", "best_step": "{}", "name_items": "{}", "mean_words": "{:.1f}",
+                   "flops": "{:.3g}"}
 
 
 def summary_markdown(table):
     """The summary as a markdown table with readable number formats (and a note under it when
     the runs' tokenizers differ)."""
     lines = [tools.markdown_table(table, SUMMARY_FORMATS)]
+    groups = table.attrs.get("seed_groups")
+    if groups is not None:
+        lines.append("\nRuns that differ only in their seed, grouped: the mean final validation loss over seeds +- "
+                     "its standard error, and the difference to the first group paired by seed (same seed = same "
+                     "data order and initialisation) +- the standard error of the paired differences.\n")
+        lines.append(tools.markdown_table(groups, {"seeds": "{}", "paired_seeds": "{}"}))
     reference = table.attrs.get("story_reference")
     if reference:
         lines.append("\nStory statistics (`distinct_1` .. `ended`): one story per prompt, the first sentences of "

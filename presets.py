@@ -47,6 +47,16 @@ PRESETS["ff_1m"] = dict(PRESETS["llama_1m"], model_type="ff", ff_scales=2, ff_mu
 # its control: the same model and parameters, trained on the next-token loss alone (lambda 0)
 PRESETS["ff_1m_control"] = dict(PRESETS["ff_1m"], ff_lambda=0.0)
 
+# GPU-sized baselines for the full TinyStories (hub or a local copy): llama2.c's stories15M shape
+# (dim 288, 6 layers, 6 heads, context 256; its SwiGLU width is also 768) on our largest BPE, and a
+# ~40M model (about 37.7M non-embedding parameters), with GPU-sensible batches
+_GPU_TRAIN = dict(tokenizer="bpe4096", lr=5e-4, batch_size=128, max_steps=20000, eval_interval=500,
+                  checkpoint_interval=1000, eval_tokens=524288)
+PRESETS["llama_stories15m"] = dict(PRESETS["llama_1m"], **_GPU_TRAIN, dim=288, num_layers=6, num_q_heads=6,
+                                   num_kv_heads=6, head_dim=48, max_seq_len=256)
+PRESETS["llama_40m"] = dict(PRESETS["llama_1m"], **{**_GPU_TRAIN, "batch_size": 64}, dim=512, num_layers=12,
+                            num_q_heads=8, num_kv_heads=8, head_dim=64, max_seq_len=512)
+
 # MoMeM's three trained modules (momem/): character-level, trained on its synthetic people data. Batches
 # are padded per batch, so every step has another shape: compile off (torch 2.13's inductor fails on the
 # backward of attention with dynamic shapes, and recompiling per shape would cost more than it saves)

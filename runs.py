@@ -24,7 +24,7 @@ import config
 import data
 import presets
 import tools
-from modules import MODEL_REGISTRY, build_model
+from modules import MODEL_REGISTRY, build_model, sizing
 
 
 TRAINED = os.path.join(config.ROOT, "trained")
@@ -51,12 +51,12 @@ def architecture(model_cfg):
     return {name: getattr(model_cfg, name) for name in names}
 
 
-def load_configs(run_dir, data_dir="", **model_overrides):
+def load_configs(run_dir, data_dir=""):
     """(ModelConfig, TrainConfig) stored in a run folder, with the architecture's and dataset's
     checks. The data folder: `data_dir` when given; else the folder the run stored, when it
     exists on this machine (a resumed run keeps its data); else the dataset's environment
     variable (MMS_DATA_DIR): a stored path may only mean something where the run was trained."""
-    model_cfg = config.load_json(config.ModelConfig, os.path.join(run_dir, "model_config.json"), **model_overrides)
+    model_cfg = config.load_json(config.ModelConfig, os.path.join(run_dir, "model_config.json"))
     train_cfg = config.load_json(config.TrainConfig, os.path.join(run_dir, "train_config.json"))
     presets.check(model_cfg, train_cfg)
     env = getattr(data.dataset_class(train_cfg.dataset), "data_dir_env", None)
@@ -263,11 +263,13 @@ def read_log(run_dir):
 # --- reading a finished run -------------------------------------------------------------------
 def read_run(run_dir):
     """What a run folder reports, read once for its README and for the comparison table: the
-    ModelConfig, log_data.csv (pandas), its last row, the row of lowest validation loss, and
-    the parameter counts (total, non-embedding)."""
+    ModelConfig, log_data.csv (pandas, with its training `flops`), its last row, the row of
+    lowest validation loss, and the parameter counts (total, non-embedding)."""
     cfg = config.load_json(config.ModelConfig, os.path.join(run_dir, "model_config.json"))
     log = read_log(run_dir)
     total, embedding = tools.count_parameters(build_model(cfg))
+    if "flops" not in log:  # logs written before the column was kept
+        log["flops"] = log["tokens"] * sizing.flops_per_token(total, cfg)
     return SimpleNamespace(model_cfg=cfg, log=log, last=log.iloc[-1], best=log.loc[log["val_loss"].idxmin()],
                            params=total, non_embedding_params=total - embedding)
 

@@ -34,7 +34,7 @@ import tools
 import trackers
 from modules import build_model, sizing
 
-LOG_COLUMNS = ["step", "tokens", "elapsed_s", "lr", "train_loss", "val_loss", "val_loss_se", "val_bpc",
+LOG_COLUMNS = ["step", "tokens", "flops", "elapsed_s", "lr", "train_loss", "val_loss", "val_loss_se", "val_bpc",
                "tokens_per_s", "grad_norm"]
 
 
@@ -160,6 +160,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     batch_rng: torch.Generator  # the data position: its state is checkpointed
     use_autocast: bool
+    flops_per_token: float = 0.0  # training FLOPs per token (modules.sizing): the log's `flops` column, MFU
     step_model: torch.nn.Module = None  # the model as the loop calls it: compiled and/or DDP-wrapped
     on_eval: object = None
     tracker: object = None  # trackers.py: TensorBoard or wandb, on rank 0
@@ -230,7 +231,7 @@ def build_run(model_cfg, train_cfg, job, device, out, on_eval):
         torch.manual_seed(train_cfg.seed + job.rank)
     return Run(model_cfg, train_cfg, job, device, out, dataset, model, optimizer,
                torch.Generator().manual_seed(train_cfg.seed), tools.autocast_enabled(train_cfg.autocast, device),
-               on_eval=on_eval)
+               sizing.flops_per_token(tools.count_parameters(model)[0], model_cfg), on_eval=on_eval)
 
 
 def restore_state(run):
@@ -362,7 +363,8 @@ def log_evaluation(run, state, lr, grad_norm, tok_s, bar):
     """Evaluate, append a log_data.csv row, call on_eval, show it on the progress bar."""
     val_loss, val_se, val_terms = evaluate(run.model, run.dataset, run.train_cfg.batch_size, run.device,
                                            run.use_autocast)
-    row = {"step": state.step, "tokens": state.tokens, "elapsed_s": round(state.elapsed_s, 2), "lr": lr,
+    row = {"step": state.step, "tokens": state.tokens, "flops": state.tokens * run.flops_per_token,
+           "elapsed_s": round(state.elapsed_s, 2), "lr": lr,
            "train_loss": state.loss_sum / state.loss_count, "val_loss": val_loss, "val_loss_se": val_se,
            "val_bpc": run.dataset.bits_per_char(val_loss), "tokens_per_s": round(tok_s, 1), "grad_norm": grad_norm,
            **{f"train_{k}": v / state.loss_count for k, v in state.terms_sum.items()},
@@ -370,8 +372,7 @@ def log_evaluation(run, state, lr, grad_norm, tok_s, bar):
     runs.append_log(run.out, row)
     if run.on_eval is not None:
         run.on_eval(row)
-    total, _ = tools.count_parameters(run.model)
-    mfu = tools.estimate_mfu(sizing.flops_per_token(total, run.model_cfg), tok_s, run.device)
+    mfu = tools.estimate_mfu(run.flops_per_token, tok_s, run.device)
     if run.tracker is not None:
         run.tracker.log({**row, **({"mfu": mfu} if mfu else {})}, state.step)
         story = sample_story(run)

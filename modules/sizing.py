@@ -3,8 +3,8 @@ and training FLOPs per token. Nothing here allocates: sizes are decided before a
 so a config too large for the machine is refused in microseconds, not after minutes of swapping.
 
 An architecture may bring its own weights bound (a class attribute `weights_lower_bound`
-pointing at a function below) and its own FLOPs (`attention_flops`), when the baseline's would
-be wrong for it.
+pointing at a function below) when the baseline's would be wrong for it. One FLOPs formula
+serves every architecture here (see flops_per_token).
 """
 import math
 
@@ -80,5 +80,10 @@ def generation_memory(cfg, rows):
 # --- compute -----------------------------------------------------------------------------------
 def flops_per_token(params, cfg):
     """Training FLOPs per token, as nanoGPT's estimate_mfu (PaLM appendix B): 6 per parameter
-    (forward and backward) plus 12 x layers x dim x context for attention's scores and mixing."""
-    return 6 * params + 12 * cfg.num_layers * cfg.dim * cfg.max_seq_len
+    (forward and backward: every weight does one multiply-add per token, the tied embedding as
+    the output head) plus 12 x layers x query width x context for attention's scores and mixing
+    (2 x 2 x width x context forward, twice that backward). The query width is num_q_heads x
+    head_dim: FHA's sub-heads partition it (the same FLOPs as ordinary attention), Memory
+    Mosaics' heads split dim (its persistent-memory slots are parameters, inside 6N), and
+    FutureFormer's heads and read-ins are parameters too."""
+    return 6 * params + 12 * cfg.num_layers * cfg.num_q_heads * cfg.head_dim * cfg.max_seq_len

@@ -188,3 +188,11 @@ def test_weights_of_another_architecture_are_refused_naming_both(tmp_path):
     (gpt_run / "model_config.json").write_text(json.dumps(edited))
     with pytest.raises(ValueError, match=r"model_type='fha' \(the weights were trained with model_type='gpt'\)"):
         inference.load_model(str(gpt_run), device="cpu", model_type="fha")
+
+
+def test_gpu_presets_have_the_stated_shapes():
+    m, t = presets.get_preset("llama_stories15m")
+    assert (m.dim, m.num_layers, m.num_q_heads, m.max_seq_len, m.mlp_hidden_dim) == (288, 6, 6, 256, 768)
+    big, _ = presets.get_preset("llama_40m")
+    params, _ = modules.sizing.unbuilt_size(modules.MODEL_REGISTRY["gpt"], big)
+    assert 39e6 < params < 41e6 and t.batch_size >= 64

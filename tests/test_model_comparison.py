@@ -7,6 +7,7 @@ import metrics
 import model_comparison as mc
 import train
 from conftest import tiny_configs, cli_error
+from modules import sizing
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +153,31 @@ def test_compare_reports_story_statistics_with_the_real_stories_as_reference(two
     assert "The real continuations of the same prompts" in (tmp_path / "summary.md").read_text()
     with pytest.raises(ValueError, match="stories=-1 is invalid"):
         mc.compare(two_runs, None, stories=-1)
+
+
+def test_seed_groups_by_hand():
+    """Runs that differ only in seed form one group; the second group's difference is paired by seed."""
+    import pandas as pd
+    base, other = {"dim": 32}, {"dim": 64}
+    configs = {"a1": (base, {"seed": 1, "name": "a1", "lr": 0.01}), "a2": (base, {"seed": 2, "name": "a2", "lr": 0.01}),
+               "b1": (other, {"seed": 1, "name": "b1", "lr": 0.01}), "b2": (other, {"seed": 2, "name": "b2", "lr": 0.01}),
+               "c1": (base, {"seed": 1, "name": "c1", "lr": 0.02})}
+    table = pd.DataFrame({"run": ["a1", "a2", "b1", "b2", "c1"], "final_val_loss": [3.0, 3.2, 2.9, 3.0, 4.0]})
+    groups = mc.seed_groups(table, configs)
+    assert list(groups["group"]) == ["a1", "b1", "c1"] and list(groups["seeds"]) == [2, 2, 1]
+    assert groups["val_loss_mean"][0] == pytest.approx(3.1) and groups["val_loss_se"][0] == pytest.approx(0.1)
+    # b - a by seed: -0.1 and -0.2 -> mean -0.15, s.e. std([-0.1, -0.2]) / sqrt(2) = 0.05
+    assert groups["delta_by_seed"][1] == pytest.approx(-0.15) and groups["delta_by_seed_se"][1] == pytest.approx(0.05)
+    assert groups["paired_seeds"][2] == 1 and groups["delta_by_seed"][2] == pytest.approx(1.0)
+
+
+def test_compare_groups_runs_that_differ_only_in_seed(tmp_path):
+    runs = []
+    for seed in (1, 2):
+        cfg, tcfg = tiny_configs(name=f"s{seed}", seed=seed, out_dir=str(tmp_path), max_steps=4, eval_interval=2)
+        runs.append(train.train(cfg, tcfg, progress=False))
+    table, _ = mc.compare(runs, str(tmp_path / "cmp"), ks=(1,), eval_tokens=1024, progress=False, stories=0)
+    groups = table.attrs["seed_groups"]
+    assert list(groups["seeds"]) == [2] and groups["paired_seeds"][0] == 2 and groups["delta_by_seed"][0] == 0
+    assert table["flops"][0] == pytest.approx(table["tokens"][0] * sizing.flops_per_token(table["params"][0], cfg))
+    assert "differ only in their seed" in (tmp_path / "cmp" / "summary.md").read_text()

@@ -178,7 +178,8 @@ def test_mfu_estimate(monkeypatch):
     model_cfg, _ = tiny_configs()
     assert tools.estimate_mfu(sizing.flops_per_token(10**6, model_cfg), 1e5, torch.device("cpu")) is None
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
-    flops = (6 * 10**6 + 12 * model_cfg.num_layers * model_cfg.dim * model_cfg.max_seq_len) * 1e5
+    flops = (6 * 10**6 + 12 * model_cfg.num_layers * model_cfg.num_q_heads * model_cfg.head_dim
+             * model_cfg.max_seq_len) * 1e5
     assert tools.estimate_mfu(sizing.flops_per_token(10**6, model_cfg), 1e5, torch.device("cuda")) == pytest.approx(flops / 989e12)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Future GPU")
     assert tools.estimate_mfu(sizing.flops_per_token(10**6, model_cfg), 1e5, torch.device("cuda")) is None
