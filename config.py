@@ -14,6 +14,7 @@ where a config enters: presets.get_preset, loading a run's configs, modules.buil
 """
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -87,6 +88,7 @@ def tokenizer_names():
     return sorted(f[:-5] for f in os.listdir(TOKENIZER_DIR) if f.endswith(".json"))
 
 
+@functools.lru_cache(maxsize=None)  # read once per process: every config built reads it
 def tokenizer_vocab_size(name):
     """Vocabulary size (special tokens included) of tokenizers/<name>.json, read with json only."""
     path = os.path.join(TOKENIZER_DIR, f"{name}.json")

@@ -7,6 +7,11 @@
 (modules.validate_config) and the dataset's (data.dataset_class), which config.py, a leaf,
 cannot. `demo_config` shrinks an architecture's first preset for shape traces and demos.
 """
+import functools
+import math
+
+import numpy
+
 import data
 import modules
 from config import ModelConfig, TrainConfig, _choice, split_overrides
@@ -77,10 +82,12 @@ def check(model_cfg, train_cfg=None):
     return model_cfg, train_cfg
 
 
-def get_preset(preset, /, **overrides):
-    """(ModelConfig, TrainConfig) for a named preset, with any field overridden by keyword."""
+def get_preset(preset, /, size=None, **overrides):
+    """(ModelConfig, TrainConfig) for a named preset, with any field overridden by keyword; with
+    size ('4M', 250000), the preset's width and depth scaled to about that many non-embedding
+    parameters first (see `sized`)."""
     _choice("preset", preset, PRESETS)
-    model_kw, train_kw = split_overrides({**PRESETS[preset], **overrides})
+    model_kw, train_kw = split_overrides({**PRESETS[preset], **(sized(preset, size) if size else {}), **overrides})
     train_kw.setdefault("name", f"my_{preset}")  # never a shipped run's folder by default
     return check(ModelConfig(**model_kw), TrainConfig(**train_kw))
 
@@ -94,3 +101,91 @@ def demo_config(model_type):
     shrink = dict(dim=16, num_layers=2, head_dim=8, max_seq_len=16, tokenizer="bpe512",
                   **modules.MODEL_REGISTRY[model_type].demo_overrides)
     return get_preset(preset, **shrink)[0]
+
+
+# --- sizes: a preset at another size -------------------------------------------------------------
+def non_embedding_params(model_cfg):
+    """Parameters outside the token and position embeddings, counted on the meta device."""
+    import torch
+    with torch.device("meta"):
+        model = modules.MODEL_REGISTRY[model_cfg.model_type](model_cfg)
+    return sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)
+
+
+def parse_size(size):
+    """'4M', '250k', '1.5e6' or a number -> a parameter count."""
+    text = str(size).strip().lower()
+    scale = {"k": 1e3, "m": 1e6, "b": 1e9}.get(text[-1:], 1)
+    try:
+        value = float(text[:-1] if scale != 1 else text) * scale
+    except ValueError:
+        value = float("nan")
+    if not 1e3 <= value <= 1e10:
+        raise ValueError(f"size={size!r} is invalid: give non-embedding parameters between 1k and 10B, e.g. '4M' or 250000")
+    return int(value)
+
+
+CONTROLS = {"fha_1m_control": "fha_1m", "ff_1m_control": "ff_1m"}  # a control takes its idea's sizes
+
+
+def sized(preset, size):
+    """Overrides that take `preset` to about `size` non-embedding parameters: depth grows with
+    the cube root of the ratio, width is then searched; every ratio to the width the preset fixes
+    (head_dim, Memory Mosaics' slots per head) is kept, and so are its heads, its MLP shape and
+    every other knob. A control (CONTROLS) takes its idea's width and depth, so the pair stays
+    parameter-matched at every size."""
+    target = parse_size(size)
+    source = CONTROLS.get(preset, preset)
+    base_kw = split_overrides(PRESETS[source])[0]
+    base = ModelConfig(**base_kw)
+    ratio = target / non_embedding_params(base)
+    floor = base.ff_scales + 1 if base.model_type == "ff" else 2  # FutureFormer needs a layer per scale
+
+    def config_at(dim, layers):
+        kw = {**base_kw, "dim": dim, "num_layers": layers}
+        if base_kw.get("head_dim"):
+            kw["head_dim"] = max(2, round(base.head_dim * dim / base.dim / 2) * 2)  # even, for RoPE
+        if base_kw.get("mm_pmem_size"):
+            kw["mm_pmem_size"] = max(1, round(base.mm_pmem_size * dim / base.dim))
+        return ModelConfig(**kw)
+
+    @functools.lru_cache(maxsize=None)
+    def per_layer(dim):
+        """(parameters outside the layers, per layer) at this width: counts grow linearly in depth."""
+        one, two = (non_embedding_params(config_at(dim, floor + i)) for i in (0, 1))
+        return one - floor * (two - one), two - one
+
+    # both parts are quadratic in the width: fitted from three widths, then only the chosen one is built
+    widths = [2 * round(base.dim * f / 2) for f in (0.5, 1.0, 2.0)]
+    fixed_fit, each_fit = (numpy.polyfit(widths, [per_layer(w)[i] for w in widths], 2) for i in (0, 1))
+
+    def estimate(dim, layers):
+        return numpy.polyval(fixed_fit, dim) + layers * numpy.polyval(each_fit, dim)
+
+    ideal = base.num_layers * ratio ** (1 / 3)
+    candidates = []
+    for layers in sorted({max(floor, round(ideal * f)) for f in (0.5, 0.7, 1.0, 1.4, 2.0)}):
+        roots = numpy.roots(fixed_fit + layers * each_fit - [0, 0, target])
+        width = max((r.real for r in roots if abs(r.imag) < 1e-9 and r.real > 0), default=None)
+        if width is None:
+            continue
+        for dim in range(max(2, 2 * round(width / 2) - 16), 2 * round(width / 2) + 18, 2):
+            error = abs(estimate(dim, layers) / target - 1)
+            if error <= 0.1:
+                candidates.append((error > 0.03, abs(math.log(layers / ideal)), error, dim, layers))
+    best = None
+    for *_, dim, layers in sorted(candidates):  # close enough (3%) first, then the depth the rule wants
+        cfg = config_at(dim, layers)
+        try:
+            modules.validate_config(cfg)
+        except ValueError:
+            continue
+        error = abs(non_embedding_params(cfg) / target - 1)
+        if error <= 0.1:
+            best = (error, cfg)
+            break
+    if best is None or best[0] > 0.1:
+        raise ValueError(f"size={size!r} is invalid for preset {preset!r}: no width and depth within 10% of "
+                         f"{target:,} non-embedding parameters keeps its heads and ratios")
+    return {k: getattr(best[1], k) for k in ("dim", "num_layers", "head_dim", "mm_pmem_size")
+            if k in base_kw or k in ("dim", "num_layers")}

@@ -196,3 +196,36 @@ def test_gpu_presets_have_the_stated_shapes():
     big, _ = presets.get_preset("llama_40m")
     params, _ = modules.sizing.unbuilt_size(modules.MODEL_REGISTRY["gpt"], big)
     assert 39e6 < params < 41e6 and t.batch_size >= 64
+
+
+@pytest.mark.parametrize("preset", ["llama_1m", "fha_1m", "mm_1m", "ff_1m"])
+def test_flops_per_token_match_a_measured_count(preset):
+    """sizing.flops_per_token against torch's FlopCounterMode over a forward and backward pass
+    (the math attention kernel, whose matmuls the counter sees; the fused CPU kernel it does not)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+    cfg, _ = presets.get_preset(preset, max_seq_len=128)
+    model = modules.build_model(cfg)
+    x = torch.randint(2, cfg.vocab_size, (2, cfg.max_seq_len))
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(x, x)[1].backward()
+    formula = modules.sizing.flops_per_token(tools.count_parameters(model)[0], cfg)
+    assert counter.get_total_flops() / x.numel() == pytest.approx(formula, rel=0.1)
+
+
+@pytest.mark.parametrize("preset", ["llama_1m", "gpt2_1m", "fha_1m", "mm_1m", "ff_1m"])
+def test_a_size_rule_reaches_every_size_for_every_architecture(preset):
+    for size in ("100k", "50M"):
+        cfg, _ = presets.get_preset(preset, size=size)
+        assert presets.non_embedding_params(cfg) == pytest.approx(presets.parse_size(size), rel=0.1), size
+    small, _ = presets.get_preset(preset, size="100k")
+    big, _ = presets.get_preset(preset, size="50M")
+    assert big.num_layers > small.num_layers and big.dim > small.dim  # both grow, depth by the cube root
+
+
+def test_controls_stay_parameter_matched_at_every_size():
+    for control, idea in presets.CONTROLS.items():
+        a, b = presets.get_preset(idea, size="2M")[0], presets.get_preset(control, size="2M")[0]
+        assert presets.non_embedding_params(a) == presets.non_embedding_params(b)
+    with pytest.raises(ValueError, match="size='lots' is invalid"):
+        presets.get_preset("llama_1m", size="lots")
