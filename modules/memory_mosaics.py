@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules import sizing
 from modules.attention import DecodeCache
 from modules.layer import ResidualLayer
 from modules.logging import LoggingModule, log_io
 from modules.model import GPT
+from modules.sizing import mosaics_weights_lower_bound
 
 SCALAR_MULT = 10.0  # per-head scalars are stored /10 and used x10
 EPS = 1e-10
@@ -251,7 +251,7 @@ class MemoryMosaics(GPT):
     # every head has its own keys and values, there is no MLP and no position encoding
     ignored_fields = ("num_kv_heads", "mlp_activation", "mlp_gated", "mlp_hidden_mult", "rope_theta")
     demo_overrides = {"mm_pmem_size": 8}
-    weights_lower_bound = staticmethod(sizing.mosaics_weights_lower_bound)
+    weights_lower_bound = staticmethod(mosaics_weights_lower_bound)
 
     def make_layer(self, cfg, layer_idx):
         return ResidualLayer(cfg, ContextMemory(cfg, layer_idx), mlp=PersistentMemory(cfg, layer_idx))

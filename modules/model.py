@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from config import IGNORE_INDEX
-from modules import sizing
+from modules.sizing import baseline_weights_lower_bound
 from modules.attention import Attention, KVCache, rope_frequencies
 from modules.layer import ResidualLayer, make_norm
 from modules.logging import LoggingModule, log_io
@@ -42,7 +42,7 @@ class GPT(LoggingModule):
     """Token embedding -> num_layers residual layers -> final norm -> output head."""
 
     own_fields, ignored_fields, demo_overrides = (), (), {}
-    weights_lower_bound = staticmethod(sizing.baseline_weights_lower_bound)
+    weights_lower_bound = staticmethod(baseline_weights_lower_bound)
 
     @staticmethod
     def validate_config(cfg):
