@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from config import IGNORE_INDEX
-from modules.sizing import baseline_weights_lower_bound
 from modules.attention import Attention, KVCache, rope_frequencies
 from modules.layer import ResidualLayer, make_norm
 from modules.logging import LoggingModule, log_io
+from modules.sizing import baseline_weights_lower_bound
 
 
 def sinusoidal_table(max_len, dim, theta=10000.0):
