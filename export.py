@@ -21,8 +21,6 @@ import os
 import shutil
 import sys
 
-import torch
-
 import config
 import inference
 import runs

@@ -3,7 +3,6 @@ errors, top-k accuracy. Ignored targets are IGNORE_INDEX (-100, PyTorch's defaul
 padding id, and every average runs over counted tokens only."""
 import math
 
-import torch
 import torch.nn.functional as F
 
 from config import IGNORE_INDEX

@@ -14,7 +14,6 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-import config  # noqa: E402
 import presets  # noqa: E402
 from modules.fractal_head_attention import FractalHeadAttention, naive_reference  # noqa: E402
 from timing import median_time  # noqa: E402

@@ -12,7 +12,6 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import config  # noqa: E402
 import presets  # noqa: E402
 from modules.memory_mosaics import leaky_average  # noqa: E402
 from timing import median_time  # noqa: E402

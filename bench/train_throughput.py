@@ -13,7 +13,6 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import config  # noqa: E402
 import presets  # noqa: E402
 import tools  # noqa: E402
 from modules import build_model  # noqa: E402

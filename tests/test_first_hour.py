@@ -20,7 +20,7 @@ import model_comparison
 import presets
 import runs
 import train
-from conftest import FIXTURE_DATA, ROOT, TINY_TRAIN_ARGS, assert_cli_error, cli_error, tiny_configs
+from conftest import FIXTURE_DATA, ROOT, TINY_TRAIN_ARGS, cli_error, tiny_configs
 
 
 def test_the_readers_data_folder_wins_over_the_one_a_run_stored(tiny_run, tmp_path, monkeypatch):

@@ -6,8 +6,7 @@ import torch
 from config import ModelConfig
 import presets
 from presets import get_preset
-from conftest import (FIXTURE_DATA, validated, assert_cache_matches_full, assert_causal, random_token_heldout_loss,
-                      tiny_configs)
+from conftest import assert_cache_matches_full, assert_causal, random_token_heldout_loss, tiny_configs, validated
 from modules import build_model
 from modules.attention import Attention
 from modules.fractal_head_attention import FractalHeadAttention, naive_reference

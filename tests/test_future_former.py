@@ -7,7 +7,7 @@ import torch
 import train
 from config import ModelConfig
 from presets import get_preset
-from conftest import validated, assert_cache_matches_full, assert_causal, random_token_heldout_loss, tiny_configs
+from conftest import assert_cache_matches_full, assert_causal, random_token_heldout_loss, tiny_configs, validated
 from modules import GPT, build_model
 from modules.future_former import FutureFormer, chunk_spans, future_chunks
 

@@ -9,7 +9,6 @@ import pytest
 import config
 import presets
 import modules
-import tools
 import hparam_search as hs
 from conftest import FIXTURE_DATA, ROOT, cli_error
 

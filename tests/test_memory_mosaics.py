@@ -6,7 +6,7 @@ import torch
 import data
 from config import ModelConfig
 from presets import get_preset
-from conftest import validated, assert_cache_matches_full, assert_causal, random_token_heldout_loss, tiny_configs
+from conftest import assert_cache_matches_full, assert_causal, random_token_heldout_loss, tiny_configs, validated
 from modules import build_model
 from modules.memory_mosaics import (ContextMemory, PersistentMemory, leaky_average, naive_context_memory, pmem_size,
                                     recurrence)

@@ -19,7 +19,6 @@ import torch
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-import config
 import presets
 import runs
 import modules
