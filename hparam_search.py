@@ -292,7 +292,8 @@ def study_figures(study_obj, table=None):
     import optuna
     table = summary_table(study_obj) if table is None else table
     space = [t for t in study_obj.trials if t.state == optuna.trial.TrialState.COMPLETE][-1].distributions
-    label = "final validation loss, bits/char" if "tokenizer" in space else "final validation loss, nats/token"
+    label = {"val_bpc": "final validation loss, bits/char", "val_loss": "final validation loss, nats/token"}[
+        objective_for(space)]
     log_params = {name for name, d in space.items() if getattr(d, "log", False)}
     return plot_history(table, label), plot_params(table, sorted(space), label, log_params)
 

@@ -106,10 +106,7 @@ def demo_config(model_type):
 # --- sizes: a preset at another size -------------------------------------------------------------
 def non_embedding_params(model_cfg):
     """Parameters outside the token and position embeddings, counted on the meta device."""
-    import torch
-    with torch.device("meta"):
-        model = modules.MODEL_REGISTRY[model_cfg.model_type](model_cfg)
-    return sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)
+    return modules.sizing.unbuilt_non_embedding(modules.MODEL_REGISTRY[model_cfg.model_type], model_cfg)
 
 
 def parse_size(size):

@@ -28,7 +28,7 @@ from modules.attention import DecodeCache
 from modules.layer import ResidualLayer
 from modules.logging import LoggingModule, log_io
 from modules.model import GPT
-from modules.sizing import mosaics_weights_lower_bound
+from modules.sizing import mosaics_weights_lower_bound, pmem_size
 
 SCALAR_MULT = 10.0  # per-head scalars are stored /10 and used x10
 EPS = 1e-10
@@ -45,13 +45,6 @@ def validate_config(cfg):
         raise ValueError(f"mm_pmem_size={cfg.mm_pmem_size!r} is invalid: must be 0 (parameter parity) or a positive integer")
     if cfg.mm_key_scale_max <= 0:
         raise ValueError(f"mm_key_scale_max={cfg.mm_key_scale_max} is invalid: must be > 0")
-
-
-def pmem_size(cfg):
-    """Persistent-memory slots per head. 0 in the config = parameter parity: P = 3.5 C, so the
-    block's 5 C x C matrices plus 2 P C slot parameters equal the 12 C^2 of a standard GPT block
-    (multi-head attention + 4C MLP), as in the paper."""
-    return cfg.mm_pmem_size or max(1, round(3.5 * cfg.dim))
 
 
 # --- the training path: every position at once -----------------------------------------------

@@ -57,8 +57,8 @@ def record_attention(model):
     def spy(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
         name = stack[-1] if stack else ""
         counts[name] = counts.get(name, -1) + 1
-        causal = (is_causal and attn_mask is None) or (attn_mask is not None and q.shape[-2] == k.shape[-2]
-                                                        and "encoder" not in name and "cross" not in name)
+        causal = q.shape[-2] == k.shape[-2] and (is_causal if attn_mask is None else not (
+            attn_mask.expand(*attn_mask.shape[:-2], q.shape[-2], k.shape[-2]).triu(1).any()))  # nothing above the diagonal
         maps.append(AttentionMap(name, counts[name], explicit_weights(q, k, attn_mask, is_causal, scale,
                                                                        **kwargs).detach().cpu(), causal))
         return original(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **kwargs)

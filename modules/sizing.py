@@ -28,6 +28,20 @@ def unbuilt_size(model_cls, cfg):
     return params, sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
 
+def unbuilt_non_embedding(model_cls, cfg):
+    """Parameters outside the token and position embeddings of model_cls(cfg), on the meta device."""
+    with torch.device("meta"):
+        total, embedding = tools.count_parameters(model_cls(cfg))
+    return total - embedding
+
+
+def pmem_size(cfg):
+    """Memory Mosaics' persistent-memory slots per head. 0 in the config = parameter parity:
+    P = 3.5 C, so the block's 5 C x C matrices plus 2 P C slot parameters equal the 12 C^2 of a
+    standard GPT block (multi-head attention + 4C MLP), as in the paper."""
+    return cfg.mm_pmem_size or max(1, round(3.5 * cfg.dim))
+
+
 def baseline_weights_lower_bound(c):
     """Values (parameters and buffers) a GPT-family model holds at least: the embedding, every
     layer's attention and MLP matrices, and a position table."""
@@ -39,8 +53,7 @@ def baseline_weights_lower_bound(c):
 def mosaics_weights_lower_bound(c):
     """Values Memory Mosaics holds at least: per layer 5 dim x dim matrices (two key maps, values, two outputs) and
     2 x P x dim persistent slots; no MLP and no position table."""
-    slots = c.mm_pmem_size or round(3.5 * c.dim)
-    return c.vocab_size * c.dim + c.num_layers * (5 * c.dim * c.dim + 2 * slots * c.dim)
+    return c.vocab_size * c.dim + c.num_layers * (5 * c.dim * c.dim + 2 * pmem_size(c) * c.dim)
 
 
 # --- memory ----------------------------------------------------------------------------------
