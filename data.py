@@ -235,7 +235,7 @@ class TinyStories:
     targets being the next tokens; validation uses the fixed windows of `validation_windows`.
     The splits are tokenized (or read from the cache) on first use."""
 
-    data_dir_env = "MMS_DATA_DIR"  # when set, it wins over the data_dir a run folder stored (runs.load_configs)
+    data_dir_env = "MMS_DATA_DIR"  # used for a run folder whose stored data_dir is not on this machine (runs.load_configs)
 
     def __init__(self, model_cfg, train_cfg):
         self.tokenizer, self.seq_len = model_cfg.tokenizer, model_cfg.max_seq_len

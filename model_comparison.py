@@ -18,7 +18,6 @@ import os
 import pandas as pd
 import torch
 
-import config
 import data
 import inference
 import metrics
@@ -53,14 +52,14 @@ def summarize(run):
 
 def plot_curves(runs, path=None, final_deltas=None):
     """Top: validation (solid) and train (dashed) loss against step, tokens seen, training FLOPs
-    and wall-clock, one colour per run; in bits/char when the runs use different tokenizers. Bottom: each run's
-    validation loss minus the first run's at the same steps, with +-2 paired standard errors at
+    and wall-clock, one colour per run; in bits/char when the runs use different tokenizers.
+    Bottom: each run's validation loss minus the first run's at the same steps, with +-2 paired standard errors at
     the end when `final_deltas` [(delta, se), ...] (from compare) are given."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-    logs = {os.path.basename(r): read_run(r).log for r in runs}
-    tokenizers = {config.load_json(config.ModelConfig, os.path.join(r, "model_config.json")).tokenizer for r in runs}
-    in_bpc = len(tokenizers) > 1
+    read = {os.path.basename(r): read_run(r) for r in runs}
+    logs = {name: r.log for name, r in read.items()}
+    in_bpc = len({r.model_cfg.tokenizer for r in read.values()}) > 1
     unit = "bits per character" if in_bpc else "nats per token"
     colors = plt.get_cmap("tab10" if len(logs) <= 10 else "tab20").colors
     x_axes = (("step", "step"), ("tokens", "tokens seen"), ("flops", "training FLOPs"), ("elapsed_s", "wall-clock seconds"))
