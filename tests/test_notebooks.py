@@ -42,9 +42,10 @@ def test_inference_notebook():
 
 @pytest.mark.skipif(not os.path.isfile(SHIPPED), reason="the shipped model trained/llama_1m is not present")
 def test_model_comparison_notebook(tmp_path):
-    run_notebook("model_comparison", f'RUNS = ["llama_1m"]\nOUT_DIR = {str(tmp_path)!r}\n'
+    book = run_notebook("model_comparison", f'RUNS = ["llama_1m"]\nOUT_DIR = {str(tmp_path)!r}\n'
                                      f'DATA_DIR = {FIXTURE_DATA!r}\nEVAL_TOKENS = 2048')
     assert os.path.isfile(tmp_path / "curves.png") and os.path.isfile(tmp_path / "summary.md")
+    assert "compute multiplier" in outputs_text(book)  # the scaling section (the shipped report, or a study here)
 
 
 def test_testing_modules_notebook():
