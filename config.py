@@ -111,7 +111,7 @@ class ModelConfig:
     num_kv_heads: int = 1              # key/value heads: 1 = multi-query, num_q_heads = multi-head, in between = grouped-query; must divide num_q_heads
     head_dim: int = 0                  # width of one head; 0 = dim // num_q_heads. RoPE needs it even
     # --- MLP ----------------------------------------------------------------------------------
-    mlp_activation: Literal["relu", "gelu", "silu"] = "silu"  # relu | gelu | silu
+    mlp_activation: Literal["relu", "gelu", "silu", "relu2"] = "silu"  # relu | gelu | silu | relu2 (ReLU squared: Primer, So et al. 2021; modded-nanogpt)
     mlp_gated: bool = True             # True = GLU variant (SwiGLU with silu), as in Llama; False = GPT-2 style
     mlp_hidden_mult: float = 4.0       # hidden width = dim * mult, times 2/3 when gated so the parameter count stays the same
     # --- positions ----------------------------------------------------------------------------
@@ -129,6 +129,10 @@ class ModelConfig:
     dropout: float = 0.0               # dropout on each residual branch's output while training; in [0, 1), typical 0-0.5 (0.1 against overfitting small data)
     attn_dropout: float = 0.0          # dropout on attention probabilities; in [0, 1), typical 0-0.2. Costly on CPU: it disables the fused attention kernel
     init_std: float = 0.02             # std of the normal init of weight matrices (residual outputs scaled by 1/sqrt(2*num_layers))
+    # --- tweaks from the speedrun record holders (each off by default; bench/speedrun.py measures them) --
+    qk_norm: bool = False              # RMS-normalise each head's queries and keys before RoPE (OLMo 2, Gemma 3, modded-nanogpt): no parameters
+    zero_init_proj: bool = False       # residual-branch output projections start at zero, so every block starts as the identity (modded-nanogpt)
+    logit_softcap: float = 0.0         # logits -> cap * tanh(logits / cap) (Gemma 2, modded-nanogpt: 15-30); 0 = off
     # --- Fractal-Head Attention (model_type='fha'; see modules/fractal_head_attention.py) ---------
     fractal_split: int = 2             # s: query head i is split into s**i sub-heads of size head_dim / s**i; 1 = ordinary attention
     fractal_scale: Literal["full", "per_head"] = "full"  # full: logits / sqrt(head_dim) for every sub-head (original) | per_head: / sqrt(sub-head size)
@@ -174,6 +178,8 @@ class ModelConfig:
         _check(0 <= self.dropout < 1, "dropout", self.dropout, "must be in [0, 1)")
         _check(0 <= self.attn_dropout < 1, "attn_dropout", self.attn_dropout, "must be in [0, 1)")
         _check(self.init_std > 0, "init_std", self.init_std, "must be > 0")
+        _check(self.logit_softcap == 0 or self.logit_softcap >= 1, "logit_softcap", self.logit_softcap,
+               "must be 0 (off) or >= 1 (logits are capped to +-cap; 15-30 is typical)")
         self.vocab_size = tokenizer_vocab_size(self.tokenizer)
         hidden = self.dim * self.mlp_hidden_mult * (2 / 3 if self.mlp_gated else 1)
         self.mlp_hidden_dim = max(1, int(hidden))
@@ -200,6 +206,8 @@ class TrainConfig:
     weight_decay: float = 0.1          # AdamW decay, applied to weight matrices only
     beta1: float = 0.9                 # AdamW beta1
     beta2: float = 0.95                # AdamW beta2
+    optimizer: Literal["adamw", "muon"] = "adamw"  # adamw | muon: torch.optim.Muon (Jordan et al. 2024) for the 2-D weight matrices inside the blocks, AdamW for the rest (embeddings, the output head, norms, biases, Memory Mosaics' slots). One lr serves both: Muon's update is scaled to AdamW's RMS (adjust_lr_fn="match_rms_adamw", Moonshot AI 2025), so AdamW's lr and weight_decay carry over
+    muon_momentum: float = 0.95        # Muon's Nesterov momentum (its authors' default)
     grad_clip: float = 1.0             # clip the global gradient norm to this; 0 = off
     # --- evaluation and checkpoints -----------------------------------------------------------
     eval_interval: int = 50            # evaluate (and write a log_data.csv row) every N steps and at the end
@@ -229,6 +237,7 @@ class TrainConfig:
         _check(0 <= self.beta1 < 1, "beta1", self.beta1, "must be in [0, 1)")
         _check(0 <= self.beta2 < 1, "beta2", self.beta2, "must be in [0, 1)")
         _check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0 (0 = off)")
+        _check(0 <= self.muon_momentum < 1, "muon_momentum", self.muon_momentum, "must be in [0, 1)")
         self.warmup_steps = int(self.warmup_frac * self.max_steps)
         self.decay_steps = int(self.decay_frac * self.max_steps)
 

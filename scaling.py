@@ -30,12 +30,12 @@ import config
 import data
 import presets
 import tools
+import runs
 from runs import TRAINED, read_run
-from train import NonFiniteLoss, train
+from train import NonFiniteLoss, train_or_resume
 
 STUDIES = os.path.join(TRAINED, "scaling")
 STUDY_FIELDS = ("name", "out_dir", "seed", "max_steps", "eval_interval", "checkpoint_interval")  # the plan's
-MACHINE_FIELDS = ("data_dir", "device")  # may differ between the machines a study is split over
 
 
 # --- the plan: which runs a study holds ------------------------------------------------------------
@@ -50,7 +50,7 @@ def plan(study, preset_names, sizes, seeds, tokens_per_param=10.0, overrides=Non
     for name, values in (("presets", preset_names), ("sizes", sizes), ("seeds", seeds)):
         if not values or len(set(map(str, values))) != len(values):
             raise ValueError(f"{name}={list(values)!r} is invalid: give at least one, each once")
-    runs = []
+    planned = []
     for seed in seeds:  # seed-major: a study stopped half-way already covers every cell once
         for preset in preset_names:
             for size in sizes:
@@ -63,54 +63,37 @@ def plan(study, preset_names, sizes, seeds, tokens_per_param=10.0, overrides=Non
                 interval = max(1, steps // 5)  # five evaluations: a curve, at a fraction of the training cost
                 model_cfg, train_cfg = presets.get_preset(preset, size=size, **{
                     "max_steps": steps, "eval_interval": interval, "checkpoint_interval": interval, **kw})
-                runs.append((model_cfg, train_cfg, {"preset": preset, "size": str(size), "seed": seed}))
-    return runs
+                planned.append((model_cfg, train_cfg, {"preset": preset, "size": str(size), "seed": seed}))
+    return planned
 
 
-def run_study(runs, shard=(0, 1), progress=True):
+def run_study(planned, shard=(0, 1), progress=True):
     """Train the runs of `plan` that are this shard's (every N-th, from the I-th) and not finished;
     an interrupted run resumes from its checkpoint. A run folder made with other configs than the
     plan's is refused (name another study). A run whose loss stops being finite is reported and
     left out, and the study goes on. Returns the finished run folders of this shard."""
     index, count = shard
     folders, failed = [], []
-    for i, (model_cfg, train_cfg, cell) in enumerate(runs):
+    for i, (model_cfg, train_cfg, cell) in enumerate(planned):
         if i % count != index:
             continue
-        folder = os.path.join(train_cfg.out_dir, train_cfg.name)
         _record(train_cfg.out_dir, train_cfg.name, cell)
-        state = _run_state(folder, model_cfg, train_cfg)
-        if state != "finished":
-            if progress:
-                print(f"[{i + 1}/{len(runs)}] {train_cfg.name}" + (" (resuming)" if state == "started" else ""))
-            try:
-                train(model_cfg, train_cfg, resume=state == "started", progress=progress,
-                      command=f"python scaling.py --study {os.path.basename(train_cfg.out_dir)} (run {train_cfg.name})")
-            except NonFiniteLoss as e:
-                print(f"{train_cfg.name} failed and is left out of the report: {e}")
-                failed.append(train_cfg.name)
-                continue
-            if _run_state(folder, model_cfg, train_cfg) != "finished":  # Ctrl-C or SIGTERM: saved, stop here
-                raise KeyboardInterrupt(f"the study stopped during {train_cfg.name}, saved; run the same "
-                                        "command again to go on where it stopped")
+        if progress and runs.run_state(runs.run_dir(train_cfg), model_cfg, train_cfg) != "finished":
+            print(f"[{i + 1}/{len(planned)}] {train_cfg.name}")
+        try:
+            folder, finished = train_or_resume(model_cfg, train_cfg, progress, command=(
+                f"python scaling.py --study {os.path.basename(train_cfg.out_dir)} (run {train_cfg.name})"))
+        except NonFiniteLoss as e:
+            print(f"{train_cfg.name} failed and is left out of the report: {e}")
+            failed.append(train_cfg.name)
+            continue
+        if not finished:  # Ctrl-C or SIGTERM: saved, stop here
+            raise KeyboardInterrupt(f"the study stopped during {train_cfg.name}, saved; run the same "
+                                    "command again to go on where it stopped")
         folders.append(folder)
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)} (a lower --lr may help; rerun to retry them)")
     return folders
-
-
-def _run_state(folder, model_cfg, train_cfg):
-    """'new', 'started' (a checkpoint to resume) or 'finished' (README.md: written at max_steps)."""
-    if not os.path.isfile(os.path.join(folder, "train_config.json")):
-        return "new"
-    stored = (config.load_json(config.ModelConfig, os.path.join(folder, "model_config.json")),
-              config.load_json(config.TrainConfig, os.path.join(folder, "train_config.json")))
-    for cfg, old in zip((model_cfg, train_cfg), stored):
-        changed = [k for k, v in config.to_dict(cfg).items() if k not in MACHINE_FIELDS and config.to_dict(old).get(k) != v]
-        if changed:
-            raise ValueError(f"run {folder} was made with other settings ({', '.join(changed)} differ): this study's "
-                             "plan changed; give another --study, or delete that folder to retrain it")
-    return "finished" if os.path.isfile(os.path.join(folder, "README.md")) else "started"
 
 
 def _record(study_dir, name, cell):
@@ -271,8 +254,8 @@ def plot_scaling(table, cells, fits, path=None):
     baseline = fits.attrs["baseline"]
     for i, fit in enumerate(fits.itertuples()):
         color, mine = colors[i % len(colors)], cells[cells.preset == fit.preset]
-        runs = table[table.preset == fit.preset]
-        ax.scatter(runs["flops"], runs["val_loss"], color=color, s=12, alpha=0.5)
+        seeds = table[table.preset == fit.preset]
+        ax.scatter(seeds["flops"], seeds["val_loss"], color=color, s=12, alpha=0.5)
         ax.errorbar(mine["flops"], mine["val_loss"], yerr=mine["val_loss_se"].fillna(0), fmt="o", color=color,
                     capsize=4, label=f"{fit.preset}: L = {fit.E:.2f} + {fit.A:.3g}·C^-{fit.alpha:.3f}")
         ax.plot(span, fit.E + fit.A * span ** -fit.alpha, color=color, linewidth=1)
@@ -371,9 +354,9 @@ def main(argv=None):
         if taken:
             raise ValueError(f"{', '.join('--' + k for k in taken)} cannot be set here: the study sets every run's "
                              "name, folder, seed (--seeds) and steps (--tokens_per_param)")
-        runs = plan(args.study, args.presets, args.sizes, args.seeds, args.tokens_per_param, overrides, args.folder)
+        planned = plan(args.study, args.presets, args.sizes, args.seeds, args.tokens_per_param, overrides, args.folder)
         if not args.no_train:
-            run_study(runs, parse_shard(args.shard), progress=not args.no_progress)
+            run_study(planned, parse_shard(args.shard), progress=not args.no_progress)
         table, cells, fits = report(os.path.join(args.folder, args.study), args.out or None, boot=args.boot,
                                     tokens_per_param=args.tokens_per_param)
     except (*tools.USER_ERRORS, data.DataUnavailable) as e:

@@ -76,17 +76,35 @@ def plot_lr_schedule(train_cfg, ax=None):
 
 # --- optimizer ----------------------------------------------------------------------------------
 def make_optimizer(model, cfg, device):
-    """AdamW; weight decay only on weight matrices not named in model.no_weight_decay()."""
+    """AdamW, weight decay only on weight matrices not named in model.no_weight_decay(); with
+    cfg.optimizer='muon', the weight matrices of the blocks' linear layers go to Muon instead
+    (`muon_matrices`: a rule, not a list of names, so every architecture splits the same way)."""
     skip = model.no_weight_decay()
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    muon = muon_matrices(model) if cfg.optimizer == "muon" else set()
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p not in muon]
     decay = [p for n, p in params if p.dim() >= 2 and n not in skip]
     no_decay = [p for n, p in params if p.dim() < 2 or n in skip]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     try:
-        return torch.optim.AdamW(groups, fused=device.type in ("cuda", "cpu", "mps"), **kwargs)
+        adamw = torch.optim.AdamW(groups, fused=device.type in ("cuda", "cpu", "mps"), **kwargs)
     except (RuntimeError, TypeError):  # fused kernel unavailable for this device/build
-        return torch.optim.AdamW(groups, **kwargs)
+        adamw = torch.optim.AdamW(groups, **kwargs)
+    if not muon:
+        return adamw
+    matrices = [p for p in model.parameters() if p in muon]  # in the model's order: the same in every process
+    return tools.Optimizers(adamw=adamw, muon=torch.optim.Muon(
+        matrices, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum,
+        adjust_lr_fn="match_rms_adamw"))
+
+
+def muon_matrices(model):
+    """The parameters Muon orthogonalises: the weight of every nn.Linear whose output is not the
+    vocabulary (an untied head) and whose matrix is at least 2 x 2. Embeddings, norms, biases
+    and any other tensor (Memory Mosaics' slots, scalars) stay with AdamW."""
+    vocab = model.cfg.vocab_size
+    return {m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features != vocab
+            and min(m.weight.shape) > 1 and m.weight.requires_grad}
 
 
 # --- evaluation ---------------------------------------------------------------------------------
@@ -203,6 +221,17 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
         job.close()
 
 
+def train_or_resume(model_cfg, train_cfg, progress=True, command=None):
+    """A run that a study or benchmark owns (scaling.py, bench/speedrun.py): trained when new,
+    resumed from its checkpoint when started, skipped when finished. Returns (folder, finished):
+    not finished after Ctrl-C or SIGTERM (saved)."""
+    out = runs.run_dir(train_cfg)
+    state = runs.run_state(out, model_cfg, train_cfg)
+    if state != "finished":
+        train(model_cfg, train_cfg, resume=state == "started", progress=progress, command=command)
+    return out, runs.run_state(out, model_cfg, train_cfg) == "finished"
+
+
 def finish(run, state, command):
     """A run that reached max_steps gets its README.md, and says where it is."""
     if state.step == run.train_cfg.max_steps and run.job.is_main:
@@ -251,8 +280,8 @@ def announce(run, state, resume):
     total, embedding = tools.count_parameters(run.model)
     say(run, f"{run.model_cfg.model_type} '{run.train_cfg.name}': {total:,} parameters ({total - embedding:,} "
         f"non-embedding) on {run.device}, autocast={'bf16' if run.use_autocast else 'off'}, "
-        f"compile={'on' if tools.compile_enabled(run.train_cfg.compile, run.device) else 'off'}; "
-        f"{run.train_cfg.dataset}: "
+        f"compile={'on' if tools.compile_enabled(run.train_cfg.compile, run.device) else 'off'}, optimizer "
+        f"{run.optimizer.describe() if isinstance(run.optimizer, tools.Optimizers) else 'adamw'}; {run.train_cfg.dataset}: "
         f"{run.dataset.describe()}" + (f"; {run.job.world} processes" if run.job.enabled else "")
         + (f"; resuming at step {state.step}" if resume else ""))
 

@@ -162,7 +162,7 @@ class Attention(LoggingModule):
         super().__init__()
         self.layer_idx = layer_idx
         self.num_q_heads, self.num_kv_heads, self.head_dim = cfg.num_q_heads, cfg.num_kv_heads, cfg.head_dim
-        self.dropout = cfg.attn_dropout
+        self.dropout, self.qk_norm = cfg.attn_dropout, cfg.qk_norm
         qkv_dim = (cfg.num_q_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
         self.qkv = nn.Linear(cfg.dim, qkv_dim, bias=cfg.linear_bias)
         self.out = nn.Linear(cfg.num_q_heads * cfg.head_dim, cfg.dim, bias=cfg.linear_bias)
@@ -175,6 +175,8 @@ class Attention(LoggingModule):
         B, T, _ = x.shape
         H, K = self.num_q_heads, self.num_kv_heads
         qkv = self.qkv(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H + 2K, T, D)
+        if self.qk_norm:  # every q and k head to unit RMS: attention logits stay bounded
+            qkv = torch.cat([F.rms_norm(qkv[:, :H + K], (self.head_dim,)), qkv[:, H + K:]], dim=1)
         if self.rope is None:
             return qkv.split([H, K, K], dim=1)
         qk = self.rope(qkv[:, :H + K], positions)  # q and k rotated in one call

@@ -57,17 +57,21 @@ class CrossAttention(LoggingModule):
         self.kv = nn.Linear(cfg.dim, 2 * cfg.num_kv_heads * cfg.head_dim, bias=cfg.linear_bias)
         self.out = nn.Linear(cfg.num_q_heads * cfg.head_dim, cfg.dim, bias=cfg.linear_bias)
         self.out.is_residual_out = True
+        self.qk_norm = cfg.qk_norm
 
     @log_io
     def project_memory(self, memory):
         """(B, S, dim) encoder output -> k, v (B, K, S, D)."""
         B, S, _ = memory.shape
-        return self.kv(memory).view(B, S, 2 * self.num_kv_heads, self.head_dim).transpose(1, 2).chunk(2, dim=1)
+        k, v = self.kv(memory).view(B, S, 2 * self.num_kv_heads, self.head_dim).transpose(1, 2).chunk(2, dim=1)
+        return (F.rms_norm(k, (self.head_dim,)) if self.qk_norm else k), v
 
     @log_io
     def forward(self, x, memory_kv, key_mask):
         B, T, _ = x.shape
         q = self.q(x).view(B, T, self.num_q_heads, self.head_dim).transpose(1, 2)
+        if self.qk_norm:
+            q = F.rms_norm(q, (self.head_dim,))
         y = F.scaled_dot_product_attention(q, *memory_kv, attn_mask=key_mask,
                                            enable_gqa=self.num_q_heads != self.num_kv_heads)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))

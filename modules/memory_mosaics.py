@@ -241,8 +241,9 @@ class MemoryMosaics(GPT):
 
     validate_config = staticmethod(validate_config)
     own_fields = ("mm_pmem_size", "mm_key_scale_max")
-    # every head has its own keys and values, there is no MLP and no position encoding
-    ignored_fields = ("num_kv_heads", "mlp_activation", "mlp_gated", "mlp_hidden_mult", "rope_theta")
+    # every head has its own keys and values (already unit-normalised: no qk_norm), there is no MLP and
+    # no position encoding
+    ignored_fields = ("num_kv_heads", "mlp_activation", "mlp_gated", "mlp_hidden_mult", "rope_theta", "qk_norm")
     demo_overrides = {"mm_pmem_size": 8}
     weights_lower_bound = staticmethod(mosaics_weights_lower_bound)
 

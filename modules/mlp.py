@@ -4,7 +4,7 @@ from torch import nn
 
 from modules.logging import LoggingModule, log_io
 
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "relu2": lambda x: F.relu(x).square()}
 
 
 class MLP(LoggingModule):

@@ -69,8 +69,11 @@ class GPT(LoggingModule):
         std = self.cfg.init_std
         if isinstance(module, nn.Linear):
             # residual-branch outputs shrink with depth so the stream's variance stays O(1) (GPT-2)
-            scale = 1 / math.sqrt(2 * self.cfg.num_layers) if getattr(module, "is_residual_out", False) else 1.0
+            residual_out = getattr(module, "is_residual_out", False)
+            scale = 1 / math.sqrt(2 * self.cfg.num_layers) if residual_out else 1.0
             nn.init.normal_(module.weight, std=std * scale)
+            if residual_out and self.cfg.zero_init_proj:
+                nn.init.zeros_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
@@ -106,7 +109,10 @@ class GPT(LoggingModule):
     def output_logits(self, x):
         """(B, T, dim) -> (B, T, vocab)."""
         x = self.final_norm(x)
-        return self.head(x) if self.head is not None else x @ self.embed.weight.t()
+        logits = self.head(x) if self.head is not None else x @ self.embed.weight.t()
+        if self.cfg.logit_softcap:
+            logits = self.cfg.logit_softcap * torch.tanh(logits / self.cfg.logit_softcap)
+        return logits
 
     def positions_for(self, num_new, device, cache=None):
         """Positions of num_new tokens: (T,) from 0 without a cache, else (B, T) from the cache."""

@@ -16,11 +16,11 @@ ARGS = ["--preset", "tiny", "--device", "cpu", "--compile", "off", "--autocast",
         "--eval_interval", "3", "--checkpoint_interval", "3", "--eval_tokens", "2048", "--no_progress"]
 
 
-def run(launcher, out_dir, name):
+def run(launcher, out_dir, name, optimizer="adamw"):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run([sys.executable, *launcher, os.path.join(ROOT, "train.py"), *ARGS,
-                             "--out_dir", str(out_dir), "--name", name], env=env, capture_output=True, text=True,
-                            timeout=300)
+                             "--out_dir", str(out_dir), "--name", name, "--optimizer", optimizer], env=env,
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     folder = os.path.join(out_dir, name)
     with open(os.path.join(folder, "log_data.csv")) as f:
@@ -29,11 +29,13 @@ def run(launcher, out_dir, name):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
-def test_two_gloo_processes_equal_one_process(tmp_path):
-    one_rows, one_weights, _ = run([], tmp_path, "one")
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_gloo_processes_equal_one_process(tmp_path, optimizer):
+    one_rows, one_weights, _ = run([], tmp_path, "one", optimizer)
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    two_rows, two_weights, stdout = run(launcher, tmp_path, "two")
-    assert "2 processes" in stdout and stdout.count("parameters") == 1  # rank 0 alone prints
+    two_rows, two_weights, stdout = run(launcher, tmp_path, "two", optimizer)
+    assert "2 processes" in stdout and stdout.count("non-embedding") == 1  # rank 0 alone prints
+    assert f"optimizer {optimizer}" in stdout
     assert [r["step"] for r in two_rows] == [r["step"] for r in one_rows] == ["3", "6"]  # one log, no duplicates
     for a, b in zip(one_rows, two_rows):
         assert a["tokens"] == b["tokens"]

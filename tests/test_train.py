@@ -40,13 +40,14 @@ def rows_last_bpc(run):
     return read_log(run)[-1]["val_bpc"]
 
 
-def test_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_is_bit_identical(tmp_path, optimizer):
     cfg, tcfg = tiny_configs(max_steps=30, eval_interval=5, checkpoint_interval=10, dropout=0.1,
-                             out_dir=str(tmp_path), name="straight")
+                             out_dir=str(tmp_path), name="straight", optimizer=optimizer)
     straight = train.train(cfg, tcfg, progress=False)
     # the same run, stopped after step 10's checkpoint (as a crash would leave it), then resumed
     _, part = tiny_configs(max_steps=30, eval_interval=5, checkpoint_interval=10, dropout=0.1,
-                           out_dir=str(tmp_path), name="resumed")
+                           out_dir=str(tmp_path), name="resumed", optimizer=optimizer)
     original_save = runs.save_checkpoint
 
     def crash_after_first_checkpoint(*args):
