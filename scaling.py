@@ -99,11 +99,20 @@ def run_study(planned, shard=(0, 1), progress=True):
 def _record(study_dir, name, cell):
     """study.json: which preset, size and seed every run of the study is (what the report groups by)."""
     path = os.path.join(study_dir, "study.json")
-    cells = json.load(open(path)) if os.path.isfile(path) else {}
+    cells = _read_cells(path) if os.path.isfile(path) else {}
     if cells.get(name) != cell:
         cells[name] = cell
         os.makedirs(study_dir, exist_ok=True)
-        tools.atomic_save(lambda tmp: json.dump(cells, open(tmp, "w"), indent=1), path)
+
+        def write(tmp):
+            with open(tmp, "w") as f:
+                json.dump(cells, f, indent=1)
+        tools.atomic_save(write, path)
+
+
+def _read_cells(path):
+    with open(path) as f:
+        return json.load(f)
 
 
 # --- reading a study -------------------------------------------------------------------------------
@@ -116,16 +125,18 @@ def collect(study_dir):
         raise FileNotFoundError(f"{path} is missing: {study_dir} is not a scaling study (run `python scaling.py "
                                 f"--study {os.path.basename(study_dir)} ...` first)")
     rows, train_tokens = [], {}
-    for name, cell in json.load(open(path)).items():
+    for name, cell in _read_cells(path).items():
         folder = os.path.join(study_dir, name)
         if not os.path.isfile(os.path.join(folder, "README.md")):
             continue  # not finished: the report covers finished runs only
         run = read_run(folder)
         train_cfg = config.load_json(config.TrainConfig, os.path.join(folder, "train_config.json"))
         key = (run.model_cfg.tokenizer, train_cfg.dataset, train_cfg.data_dir)
-        if key not in train_tokens:
-            split = getattr(data.get_dataset(run.model_cfg, train_cfg), "train_data", None)
-            train_tokens[key] = len(split.tokens) if split is not None else math.nan
+        if key not in train_tokens:  # epochs need the training split; without it here they are unknown (nan)
+            try:
+                train_tokens[key] = len(data.get_dataset(run.model_cfg, train_cfg).train_data.tokens)
+            except (AttributeError, data.DataUnavailable, FileNotFoundError, ValueError):
+                train_tokens[key] = math.nan
         rows.append({"run": name, **cell, "non_embedding_params": run.non_embedding_params,
                      "tokens": int(run.last["tokens"]), "epochs": run.last["tokens"] / train_tokens[key],
                      "flops": float(run.last["flops"]), "val_loss": float(run.last["val_loss"])})
@@ -248,6 +259,7 @@ def plot_scaling(table, cells, fits, path=None):
     seeds as dots, their mean with +-1 s.e. bars, and the fitted curve. Right: the compute
     multiplier against FLOPs with its bootstrap 95% interval."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
     fig, (ax, mult_ax) = plt.subplots(1, 2, figsize=(14, 5.5))
     colors = plt.get_cmap("tab10").colors
     span = numpy.geomspace(cells["flops"].min() / 1.5, cells["flops"].max() * 1.5, 200)
@@ -275,6 +287,8 @@ def plot_scaling(table, cells, fits, path=None):
     mult_ax.legend(fontsize=8)
     for a in (ax, mult_ax):
         a.grid(alpha=0.3, which="both")
+        a.yaxis.set_major_formatter(ScalarFormatter())
+        a.yaxis.set_minor_formatter(ScalarFormatter())  # log axes spanning less than a decade: plain numbers
     fig.tight_layout()
     if path:
         fig.savefig(path, dpi=120, bbox_inches="tight")

@@ -145,7 +145,7 @@ def check_fits(nbytes, device, what, advice):
                          f"on {device.type}: {advice}")
 
 
-# --- files: atomic writes, digests, weights ---------------------------------------------------------------
+# --- optimizers ----------------------------------------------------------------------------------
 class Optimizers:
     """Several optimizers stepped as one (Muon for the matrices, AdamW for the rest): the trainer
     sets every param group's lr, steps, zeroes and checkpoints them together."""
@@ -181,6 +181,7 @@ class Optimizers:
                             for name, opt in self.optimizers.items()) + " parameters"
 
 
+# --- files: atomic writes, digests, weights ---------------------------------------------------------------
 class SaveError(OSError):
     """A file could not be written (disk full, no permission); the previous version is kept."""
 

@@ -2,11 +2,13 @@
 
     python bench/train_throughput.py [--presets llama_1m] [--steps 20] [--batch_size 8]
     python bench/train_throughput.py --presets llama_1m,mm_1m,fha_1m --modes "eager fp32,compiled + bf16"
+    python bench/train_throughput.py --modes "compiled fp32 det" --optimizers adamw,muon   # Muon's extra cost
 
 Machines here are shared and noisy: compare the ratios printed at the end (all measured in this
 one run), not absolute figures across runs. Uses random tokens: data loading is not timed.
 """
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -25,13 +27,13 @@ MODES = {"eager fp32": (False, False, False), "bf16 autocast": (True, False, Fal
          "compiled + bf16 det": (True, True, True)}
 
 
-def measure(preset, use_autocast, use_compile, deterministic, steps, batch_size, warmup, device):
+def measure(preset, use_autocast, use_compile, deterministic, steps, batch_size, warmup, device, optimizer="adamw"):
     torch._dynamo.reset()  # each mode compiles afresh, under its own settings
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     model_cfg, train_cfg = presets.get_preset(preset)
     tools.seed_everything(0)
     model = build_model(model_cfg).to(device)
-    optimizer = make_optimizer(model, train_cfg, device)
+    optimizer = make_optimizer(model, dataclasses.replace(train_cfg, optimizer=optimizer), device)
     step_model = torch.compile(model) if use_compile else model
     x = torch.randint(model_cfg.vocab_size, (batch_size, model_cfg.max_seq_len), device=device)
     y = torch.randint(model_cfg.vocab_size, (batch_size, model_cfg.max_seq_len), device=device)
@@ -55,6 +57,7 @@ def main():
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: " + ", ".join(MODES))
+    p.add_argument("--optimizers", default="adamw", help="comma-separated: adamw, muon (TrainConfig.optimizer)")
     args = p.parse_args()
     device = tools.pick_device(args.device)
     names, modes = args.presets.split(","), [m.strip() for m in args.modes.split(",")]
@@ -63,20 +66,27 @@ def main():
         sys.exit(f"error: --modes {unknown} invalid: choose from {list(MODES)}")
     print(f"batch {args.batch_size} x max_seq_len, {device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; median of {args.steps} steps after {args.warmup} warm-up")
+    optimizers = args.optimizers.split(",")
+    if not set(optimizers) <= {"adamw", "muon"}:
+        sys.exit(f"error: --optimizers {args.optimizers!r} invalid: choose from adamw, muon")
     results = {}
     for preset in names:
         for mode in modes:
-            results[preset, mode] = measure(preset, *MODES[mode], args.steps, args.batch_size, args.warmup, device)
-            print(f"  {preset:<16} {mode:<16} {results[preset, mode]:>10,.0f} tokens/s", flush=True)
+            for opt in optimizers:
+                results[preset, mode, opt] = measure(preset, *MODES[mode], args.steps, args.batch_size, args.warmup,
+                                                     device, opt)
+                print(f"  {preset:<16} {mode:<16} {opt:<6} {results[preset, mode, opt]:>10,.0f} tokens/s", flush=True)
     print("ratios (same run):")
-    for (preset, mode), tps in results.items():
-        base = results.get((preset, "eager fp32"))
-        first = results[names[0], mode]
-        line = f"  {preset:<16} {mode:<16}"
+    for (preset, mode, opt), tps in results.items():
+        base = results.get((preset, "eager fp32", opt))
+        first = results[names[0], mode, opt]
+        line = f"  {preset:<16} {mode:<16} {opt:<6}"
         if base:
             line += f" {tps / base:5.2f}x its eager fp32"
         if len(names) > 1:
             line += f" {tps / first:5.2f}x {names[0]} ({mode})"
+        if opt != optimizers[0]:
+            line += f" {tps / results[preset, mode, optimizers[0]]:5.2f}x {optimizers[0]}"
         print(line)
 
 

@@ -45,7 +45,7 @@ def check_question(question):
         if isinstance(question, str) else ""
     if not readable:
         raise ValueError(f"question={question!r} is invalid: ask about a person, e.g. "
-                         "\"What is Amina Otieno's favourite movie?\"")
+                         "\"Where does Bruno Cruz live?\"")
     if "\n" in question:
         raise ValueError("the question must be one line (a newline separates question and answer)")
     if len(readable) > MAX_QUESTION_CHARS:

@@ -28,6 +28,8 @@ RULES = [
     (r"python model_comparison\.py", ["--eval_tokens", "2048", "--stories", "4"]),
     (r"python hparam_search\.py", "an 8-trial study of 3M tokens each (hours on a CPU) that would extend the "
                                   "committed study; tests/test_hparam_search.py runs tiny studies end to end"),
+    (r"python scaling\.py", "an 18-run study (44 minutes on 2 CPU cores); tests/test_scaling.py runs a tiny "
+                            "2 x 2 x 2 study end to end through the same functions"),
     (r"python bench/", "benchmarks print timings and take minutes; they are not tests"),
     (r"torchrun", "needs several GPUs or nodes; tests/test_distributed.py trains with two gloo processes"),
     (r"python -m momem train", "trains the three MoMeM modules for about half an hour; tests/test_momem.py "
