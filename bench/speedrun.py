@@ -40,17 +40,19 @@ RECIPES = {"adamw": {}, "muon": MUON, **{f"muon_{name}": dict(MUON, **fields) fo
 SPEEDRUNS = os.path.join(config.ROOT, "trained", "speedrun")
 
 
-def recipe_configs(base_dir, recipe, fraction, seed, folder=SPEEDRUNS, muon_lr=None):
-    """(model_cfg, train_cfg) of `recipe` at `fraction` of the base run's schedule; muon_lr: the
-    peak lr of the Muon recipes (default: the base's), in their run names too."""
+def recipe_configs(base_dir, recipe, fraction, seed, folder=SPEEDRUNS, lrs=None):
+    """(model_cfg, train_cfg) of `recipe` at `fraction` of the base run's schedule; lrs:
+    {optimizer: peak lr} for the recipes of that optimizer (default: the base's), in their run
+    names too."""
     if recipe not in RECIPES:
         raise ValueError(f"recipe={recipe!r} is invalid: must be one of {list(RECIPES)}")
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction={fraction!r} is invalid: must be in (0, 1]")
     model_cfg, train_cfg = runs.load_configs(base_dir)
     fields = dict(RECIPES[recipe])
-    if muon_lr and fields.get("optimizer") == "muon":
-        fields["lr"] = muon_lr
+    lr = (lrs or {}).get(fields.get("optimizer", "adamw"))
+    if lr:
+        fields["lr"] = lr
     model_kw, train_kw = config.split_overrides(fields)
     steps = max(1, round(train_cfg.max_steps * fraction))
     scale = steps / train_cfg.max_steps
@@ -64,9 +66,9 @@ def recipe_configs(base_dir, recipe, fraction, seed, folder=SPEEDRUNS, muon_lr=N
     return presets.check(model_cfg, train_cfg)
 
 
-def reference_run(base_dir, seed, progress, folder=SPEEDRUNS):
+def reference_run(base_dir, seed, progress, folder=SPEEDRUNS, lrs=None):
     """AdamW at the full schedule for this seed: the base run itself when it is exactly that."""
-    model_cfg, train_cfg = recipe_configs(base_dir, "adamw", 1.0, seed, folder)
+    model_cfg, train_cfg = recipe_configs(base_dir, "adamw", 1.0, seed, folder, lrs)
     base_model, base_train = runs.load_configs(base_dir)
     same = config.to_dict(base_model) == config.to_dict(model_cfg) and all(
         getattr(base_train, k) == v for k, v in config.to_dict(train_cfg).items()
@@ -79,16 +81,16 @@ def reference_run(base_dir, seed, progress, folder=SPEEDRUNS):
     return folder
 
 
-def speedrun(base_dir, recipes, fractions, seeds, target, progress=True, folder=SPEEDRUNS, muon_lr=None):
+def speedrun(base_dir, recipes, fractions, seeds, target, progress=True, folder=SPEEDRUNS, lrs=None):
     """Train what is missing and return the table of rows (dicts) described in the docstring."""
     rows = []
     for seed in seeds:
-        reference = reference_run(base_dir, seed, progress, folder)
+        reference = reference_run(base_dir, seed, progress, folder, lrs)
         _, ref_losses, _ = window_metrics(reference, ks=(1,))
         ref_last = runs.read_run(reference).last
         for recipe in recipes:
             for fraction in sorted(fractions):
-                model_cfg, train_cfg = recipe_configs(base_dir, recipe, fraction, seed, folder, muon_lr)
+                model_cfg, train_cfg = recipe_configs(base_dir, recipe, fraction, seed, folder, lrs)
                 if recipe == "adamw" and fraction == 1:
                     run_folder = reference
                 else:
@@ -147,6 +149,8 @@ def main():
     p.add_argument("--target", type=float, default=None, help="validation loss to reach (default: the base run's final)")
     p.add_argument("--muon_lr", type=float, default=None, help="peak lr of the Muon recipes (default: the base's; "
                    "tune it with hparam_search.py --set optimizer=muon --space lr=log:...)")
+    p.add_argument("--adamw_lr", type=float, default=None, help="peak lr of AdamW, the reference included (default: "
+                   "the base's, and the base run is the reference)")
     p.add_argument("--no_progress", action="store_true")
     args = p.parse_args()
     try:
@@ -156,7 +160,8 @@ def main():
         base_run = runs.read_run(base)
         target = args.target if args.target is not None else float(base_run.last["val_loss"])
         seeds = args.seeds or [runs.load_configs(base)[1].seed]
-        rows = speedrun(base, args.recipes, args.fractions, seeds, target, not args.no_progress, muon_lr=args.muon_lr)
+        rows = speedrun(base, args.recipes, args.fractions, seeds, target, not args.no_progress,
+                        lrs={"adamw": args.adamw_lr, "muon": args.muon_lr})
     except (*tools.USER_ERRORS, KeyboardInterrupt) as e:
         tools.fail(e)
     text = report(rows, target)

@@ -35,15 +35,18 @@ def test_two_gloo_processes_equal_one_process(tmp_path, optimizer):
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     two_rows, two_weights, stdout = run(launcher, tmp_path, "two", optimizer)
     assert "2 processes" in stdout and stdout.count("non-embedding") == 1  # rank 0 alone prints
-    assert f"optimizer {optimizer}" in stdout
+    assert ("and muon" in stdout) == (optimizer == "muon")  # the banner shows the split
     assert [r["step"] for r in two_rows] == [r["step"] for r in one_rows] == ["3", "6"]  # one log, no duplicates
     for a, b in zip(one_rows, two_rows):
         assert a["tokens"] == b["tokens"]
         for column in ("train_loss", "val_loss", "grad_norm"):
             assert float(a[column]) == pytest.approx(float(b[column]), rel=1e-4), column
     assert one_weights.keys() == two_weights.keys()
+    # Muon orthogonalises in bf16 (torch.optim.Muon): a last-bit difference in the averaged gradient
+    # can flip a bf16 rounding, so its weights agree less tightly (the losses above still to 1e-4)
+    atol = 2e-4 if optimizer == "muon" else 2e-5
     for key in one_weights:
-        torch.testing.assert_close(two_weights[key], one_weights[key], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(two_weights[key], one_weights[key], atol=atol, rtol=1e-4)
 
 
 def test_each_process_takes_its_own_rows(monkeypatch):
