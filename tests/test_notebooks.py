@@ -22,7 +22,8 @@ def run_notebook(name, injected):
 
 
 def outputs_text(book):
-    return "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for c in book.cells
+    return "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+                     + str(o.get("data", {}).get("text/markdown", "")) for c in book.cells
                      if c.cell_type == "code" for o in c.outputs)
 
 

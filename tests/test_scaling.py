@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 import scaling
+import train
 from conftest import FIXTURE_DATA
 
 
@@ -73,14 +74,14 @@ def tiny_plan(folder, tokens_per_param=0.5):
 def test_tiny_study_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     runs = tiny_plan(str(tmp_path))
     assert len(runs) == 8 and runs[0][2] == {"preset": "tiny", "size": "10k", "seed": 1}
-    real_train, calls = scaling.train, []
+    real_train, calls = train.train, []
 
     def interrupted_train(*args, **kwargs):  # the third run gets SIGTERM at its first evaluation
         calls.append(1)
         if len(calls) == 3:
             kwargs["on_eval"] = lambda row: os.kill(os.getpid(), signal.SIGTERM)
         return real_train(*args, **kwargs)
-    monkeypatch.setattr(scaling, "train", interrupted_train)
+    monkeypatch.setattr(train, "train", interrupted_train)  # what train_or_resume calls
     with pytest.raises(KeyboardInterrupt, match="run the same command again"):
         scaling.run_study(runs, progress=False)
     folders = [os.path.join(cfg.out_dir, cfg.name) for _, cfg, _ in runs]
@@ -89,7 +90,7 @@ def test_tiny_study_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     first_rows = open(os.path.join(folders[2], "log_data.csv")).read()
     finished = {f: os.path.getmtime(os.path.join(f, "model.safetensors")) for f in folders[:2]}
 
-    monkeypatch.setattr(scaling, "train", real_train)
+    monkeypatch.setattr(train, "train", real_train)
     assert scaling.run_study(runs, progress=False) == folders
     assert all(os.path.getmtime(os.path.join(f, "model.safetensors")) == t for f, t in finished.items())  # skipped
     log = pd.read_csv(os.path.join(folders[2], "log_data.csv"))
