@@ -69,15 +69,21 @@ def load_configs(run_dir, data_dir=""):
 MACHINE_FIELDS = ("data_dir", "device")  # where a run trains, not what it is: may differ on resuming elsewhere
 
 
+def changed_fields(folder, model_cfg, train_cfg, ignore=()):
+    """The config fields whose values differ from those the run folder stored (the machine's
+    fields and `ignore` aside)."""
+    stored = (config.load_json(config.ModelConfig, os.path.join(folder, "model_config.json")),
+              config.load_json(config.TrainConfig, os.path.join(folder, "train_config.json")))
+    return [k for cfg, old in zip((model_cfg, train_cfg), stored) for k, v in config.to_dict(cfg).items()
+            if k not in (*MACHINE_FIELDS, *ignore) and config.to_dict(old)[k] != v]
+
+
 def run_state(folder, model_cfg, train_cfg):
     """'new', 'started' (a checkpoint to resume) or 'finished' (README.md, written at max_steps)
     for a run that a study or benchmark owns; a folder made with other settings is refused."""
     if not os.path.isfile(os.path.join(folder, "train_config.json")):
         return "new"
-    stored = (config.load_json(config.ModelConfig, os.path.join(folder, "model_config.json")),
-              config.load_json(config.TrainConfig, os.path.join(folder, "train_config.json")))
-    changed = [k for cfg, old in zip((model_cfg, train_cfg), stored) for k, v in config.to_dict(cfg).items()
-               if k not in MACHINE_FIELDS and config.to_dict(old)[k] != v]
+    changed = changed_fields(folder, model_cfg, train_cfg)
     if changed:
         raise ValueError(f"run {folder} was made with other settings ({', '.join(changed)} differ): the plan "
                          "changed; give the study another name, or delete that folder to train it again")

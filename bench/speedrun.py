@@ -69,10 +69,7 @@ def recipe_configs(base_dir, recipe, fraction, seed, folder=SPEEDRUNS, lrs=None)
 def reference_run(base_dir, seed, progress, folder=SPEEDRUNS, lrs=None):
     """AdamW at the full schedule for this seed: the base run itself when it is exactly that."""
     model_cfg, train_cfg = recipe_configs(base_dir, "adamw", 1.0, seed, folder, lrs)
-    base_model, base_train = runs.load_configs(base_dir)
-    same = config.to_dict(base_model) == config.to_dict(model_cfg) and all(
-        getattr(base_train, k) == v for k, v in config.to_dict(train_cfg).items()
-        if k not in ("name", "out_dir", *runs.MACHINE_FIELDS))
+    same = not runs.changed_fields(base_dir, model_cfg, train_cfg, ignore=("name", "out_dir"))
     if same and os.path.isfile(os.path.join(base_dir, "README.md")):
         return base_dir
     folder, finished = train_or_resume(model_cfg, train_cfg, progress, command="python bench/speedrun.py (reference)")
