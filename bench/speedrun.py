@@ -72,32 +72,38 @@ def reference_run(base_dir, seed, progress, folder=SPEEDRUNS, lrs=None):
     same = not runs.changed_fields(base_dir, model_cfg, train_cfg, ignore=("name", "out_dir"))
     if same and os.path.isfile(os.path.join(base_dir, "README.md")):
         return base_dir
-    folder, finished = train_or_resume(model_cfg, train_cfg, progress, command="python bench/speedrun.py (reference)")
+    return trained(model_cfg, train_cfg, progress)
+
+
+def trained(model_cfg, train_cfg, progress):
+    """The run's folder, trained (or resumed) unless finished; Ctrl-C (saved) stops the benchmark."""
+    folder, finished = train_or_resume(model_cfg, train_cfg, progress,
+                                       command=f"python bench/speedrun.py ({train_cfg.name})")
     if not finished:
         raise KeyboardInterrupt("interrupted; run the same command again to go on where it stopped")
     return folder
 
 
+def evaluated(folder, seen):
+    """(window losses, last log row) of a run, computed once per folder (`seen` holds them)."""
+    if folder not in seen:
+        seen[folder] = window_metrics(folder, ks=(1,))[1], runs.read_run(folder).last
+    return seen[folder]
+
+
 def speedrun(base_dir, recipes, fractions, seeds, target, progress=True, folder=SPEEDRUNS, lrs=None):
     """Train what is missing and return the table of rows (dicts) described in the docstring."""
-    rows = []
+    rows, seen = [], {}
     for seed in seeds:
         reference = reference_run(base_dir, seed, progress, folder, lrs)
-        _, ref_losses, _ = window_metrics(reference, ks=(1,))
-        ref_last = runs.read_run(reference).last
+        ref_losses, ref_last = evaluated(reference, seen)
         for recipe in recipes:
             for fraction in sorted(fractions):
                 model_cfg, train_cfg = recipe_configs(base_dir, recipe, fraction, seed, folder, lrs)
-                if recipe == "adamw" and fraction == 1:
-                    run_folder = reference
-                else:
-                    run_folder, finished = train_or_resume(model_cfg, train_cfg, progress,
-                                                       command=f"python bench/speedrun.py ({train_cfg.name})")
-                    if not finished:
-                        raise KeyboardInterrupt("interrupted; run the same command again to go on where it stopped")
-                _, losses, _ = window_metrics(run_folder, ks=(1,))
+                run_folder = reference if recipe == "adamw" and fraction == 1 else trained(model_cfg, train_cfg,
+                                                                                           progress)
+                losses, last = evaluated(run_folder, seen)
                 delta, se = metrics.mean_and_se(losses - ref_losses)
-                last = runs.read_run(run_folder).last
                 rows.append({"recipe": recipe, "fraction": fraction, "seed": seed, "steps": int(last["step"]),
                              "tokens": int(last["tokens"]), "minutes": last["elapsed_s"] / 60,
                              "tokens_per_s": last["tokens"] / last["elapsed_s"], "val_loss": float(last["val_loss"]),
