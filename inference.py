@@ -151,7 +151,8 @@ def compiled_decode_step(model):
 @torch.inference_mode()
 def generate(model, tokenizer, prompts, max_new_tokens=200, temperature=1.0, top_k=None, top_p=None,
              min_p=None, seed=None, stop_at_eot=True, use_cache=True, compile=False, on_token=None,
-             return_ids=False, model_inputs=None, repetition_penalty=1.0, no_repeat_ngram_size=0):
+             return_ids=False, model_inputs=None, repetition_penalty=1.0, no_repeat_ngram_size=0,
+             allowed_next=None):
     """Continue each prompt; returns the list of generated continuations (text, prompt excluded;
     with return_ids=True the (B, steps) tensor of generated ids, padding after a row's end).
 
@@ -163,7 +164,9 @@ def generate(model, tokenizer, prompts, max_new_tokens=200, temperature=1.0, top
     session, not for one story). on_token(step, new_ids (B,)) is called after every step (for
     streaming). model_inputs: extra keyword inputs for model.new_cache (e.g. an encoder's
     input, run once per generation); plain language models take none. repetition_penalty and
-    no_repeat_ngram_size (off by default) work against loops, see penalize_repeats."""
+    no_repeat_ngram_size (off by default) work against loops, see penalize_repeats.
+    allowed_next(generated (B, step) ids) -> (B, V) bool mask constrains decoding: only the
+    allowed ids can come next (e.g. MoMeM's NER may only copy a span of its question)."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} is invalid: must be a positive integer")
     device = next(model.parameters()).device
@@ -194,6 +197,8 @@ def generate(model, tokenizer, prompts, max_new_tokens=200, temperature=1.0, top
         if repetition_penalty != 1.0 or no_repeat_ngram_size:
             logits = penalize_repeats(logits.float(), torch.cat([tokens, new[:, :step]], 1), repetition_penalty,
                                       no_repeat_ngram_size)
+        if allowed_next is not None:
+            logits = logits.float().masked_fill(~allowed_next(new[:, :step]).to(device), float("-inf"))
         next_id = sample_next(logits, temperature, top_k, top_p, min_p, generator)
         next_id = next_id.masked_fill(finished, data.PAD_ID)
         new[:, step] = next_id

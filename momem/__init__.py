@@ -2,7 +2,7 @@
 
     python -m momem data                      # generate the synthetic people data (seeded)
     python -m momem train all                 # NER, summarizer, generator with the shared trainer
-    python -m momem ask "Where does Bruno Cruz live?"     # a person the store holds
+    python -m momem ask "Where does Kenji Diallo live?"     # a person the store holds
     python -m momem add "Juma Baraka" --job potter --city Kisumu ...
     python -m momem eval --out comparison/momem
 

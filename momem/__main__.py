@@ -9,7 +9,7 @@ import tools
 import train
 from momem import people
 from momem.examples import DEFAULT_DIR
-from momem.pipeline import MODULES, Pipeline, check_question, open_store, report
+from momem.pipeline import MODULES, SPLITS, Pipeline, check_question, open_store, report
 
 
 def main(argv=None):
@@ -35,16 +35,13 @@ def main(argv=None):
     p.add_argument("--update", action="store_true")
     p = commands.add_parser("eval", help="evaluate every stage and the chain; writes report.md and report.png")
     p.add_argument("--out", default=os.path.join(config.ROOT, "comparison", "momem"))
-    p.add_argument("--splits", default="test,ood,unknown")
+    p.add_argument("--splits", default=",".join(SPLITS))
     p.add_argument("--limit", type=int, default=None, help="questions per split (default: all)")
     args = parser.parse_args(argv)
     try:
         if args.command == "data":
             people.write(args.out, args.seed)
-            store_path = os.path.join(args.out, "memory.sqlite")
-            if os.path.exists(store_path):
-                os.remove(store_path)
-            print(f"wrote {args.out} ({len(open_store(store_path, args.out))} people in the memory store)")
+            print(f"wrote {args.out} ({len(open_store(folder=args.out))} people in the memory store)")
         elif args.command == "train":
             for module in MODULES if args.module == "all" else [args.module]:
                 name = MODULES[module]
@@ -71,9 +68,9 @@ def main(argv=None):
             print(f"stored {args.name}: {store.get(args.name)['content']}")
         else:
             splits = [s for s in args.splits.split(",") if s]
-            unknown = set(splits) - {"test", "ood", "unknown", "valid", "train"}
+            unknown = set(splits) - set(people.SPLITS)
             if unknown:
-                raise ValueError(f"--splits {sorted(unknown)} invalid: choose from test, ood, unknown, valid, train")
+                raise ValueError(f"--splits {sorted(unknown)} invalid: choose from {', '.join(people.SPLITS)}")
             _, _, markdown = report(Pipeline(), splits, args.limit, out_dir=args.out)
             print(markdown + f"\nwrote {os.path.join(args.out, 'report.md')} and report.png")
     except (*tools.USER_ERRORS, KeyError, data.DataUnavailable) as e:

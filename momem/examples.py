@@ -5,7 +5,7 @@ Each example is a decoder sequence  [EOT] question "\\n" answer [EOT]  whose tar
 the answer and its closing EOT (the question is IGNORE_INDEX, so the loss is the answer-span
 loss), plus for the encoder-decoder tasks a source text:
 
-    momem_ner       answer = the person's name (or "<none>")         no source (decoder-only GPT)
+    momem_ner       answer = the name as written (or "<none>")       no source (decoder-only GPT)
     momem_summary   answer = the record's field asked for            source = the person's record
     momem_response  answer = the reply                               source = "Name: ...; Field: value"
 
@@ -15,23 +15,27 @@ data_cache/momem, generated with seed 0 on first use.
 """
 import math
 import os
+import random
 
 import torch
 
 import data
 import tools
 from config import ROOT
-from momem import people
+from momem import people, questions
 
 DEFAULT_DIR = os.path.join(ROOT, "data_cache", "momem")
 SEPARATOR = "\n"  # between the question and the answer
+BUCKET_BATCHES = 16  # batches per length bucket (train_batch)
 
 
 def data_folder(data_dir=""):
     """The MoMeM data folder: data_dir if given (it must hold the generated files), else the
-    default folder, generated on first use."""
+    default folder, generated on first use (and again when it lacks a split, as data written by
+    an older version does)."""
     folder = data_dir or DEFAULT_DIR
-    if not data_dir and not os.path.isfile(os.path.join(folder, "examples-train.jsonl")):
+    if not data_dir and not all(os.path.isfile(os.path.join(folder, f"examples-{split}.jsonl"))
+                                for split in people.SPLITS):
         people.write(folder)
     return folder
 
@@ -51,15 +55,23 @@ def encode_sources(tokenizer, texts):
 
 
 class MomemTask:
-    """Base of the three tasks: subclasses say which examples count (`keep`), and what the
-    answer and source of an example are."""
+    """Base of the three tasks: subclasses say which examples count (`keep`), what the answer
+    and source of an example are, and whether to train also on a noisy copy of every question
+    about a person (`noisy`, with the training questions' words of `noise_words`)."""
     has_source = True
+    noise_words = None  # None (no noisy copies) | "all" | "neutral" (see questions.phrasing_words)
 
     def __init__(self, model_cfg, train_cfg):
         self.folder = data_folder(train_cfg.data_dir)
         self.tokenizer = data.load_tokenizer(model_cfg.tokenizer)
         self.max_len = model_cfg.max_seq_len
-        self.train = self._encode(people.read(self.folder, "examples", "train"))
+        examples = people.read(self.folder, "examples", "train")
+        self.train = self._encode(examples)
+        if self.noise_words:
+            rng = random.Random(0)
+            words = questions.phrasing_words(examples, neutral=self.noise_words == "neutral")
+            self.train += self._encode([self.noisy(ex, words, rng) for ex in examples if ex["content"]])
+        self._by_length = None  # training example indices sorted by length (train_batch)
         self.valid = self._encode(people.read(self.folder, "examples", "valid"))
         answers = [ex["answer_chars"] for ex in self.valid]
         self.tokens_per_char = sum(len(ex["targets"]) for ex in self.valid) / max(1, sum(answers))
@@ -99,12 +111,23 @@ class MomemTask:
         return f"{len(self.train)} training and {len(self.valid)} validation examples from {self.folder}"
 
     def train_batch(self, batch_size, generator):
-        picks = torch.randint(len(self.train), (batch_size,), generator=generator)
-        return self.collate([self.train[i] for i in picks.tolist()])
+        """batch_size examples of similar length, so that padding costs little: the training
+        examples sorted by length are cut into buckets of BUCKET_BATCHES batches; a uniformly
+        drawn example picks the bucket (each example is equally likely to be drawn), the batch
+        is drawn from that bucket."""
+        if self._by_length is None:
+            self._by_length = sorted(range(len(self.train)), key=lambda i: len(self.train[i]["tokens"]))
+        size = BUCKET_BATCHES * batch_size
+        start = int(torch.randint(len(self.train), (), generator=generator)) // size * size
+        bucket = self._by_length[start:start + size]
+        picks = torch.randint(len(bucket), (batch_size,), generator=generator)
+        return self.collate([self.train[bucket[i]] for i in picks.tolist()])
 
     def val_batches(self, batch_size):
-        for i in range(0, len(self.valid), batch_size):
-            yield self.collate(self.valid[i:i + batch_size])
+        """Every validation example once, in order of length (little padding)."""
+        ordered = sorted(self.valid, key=lambda ex: len(ex["tokens"]))
+        for i in range(0, len(ordered), batch_size):
+            yield self.collate(ordered[i:i + batch_size])
 
     batch_tokens = staticmethod(data.TinyStories.batch_tokens)
 
@@ -114,7 +137,15 @@ class MomemTask:
 
 
 class NERExamples(MomemTask):
+    """Trains also on noisy copies (any words of the training questions put in around the
+    name), so that the NER finds a name by its letters rather than by the words that happen to
+    stand next to it in the templates."""
     has_source = False
+    noise_words = "all"
+
+    @staticmethod
+    def noisy(example, words, rng):
+        return {**example, "question": questions.with_noise(example["question"], example["name"], words, rng)}
 
     @staticmethod
     def keep(example):
@@ -126,6 +157,16 @@ class NERExamples(MomemTask):
 
 
 class SummaryExamples(MomemTask):
+    """Trains also on noisy copies: words that say nothing about the field put in, and a random
+    modifier before the field's noun ("old song", "best-loved job"), so that neither the
+    surrounding chatter nor a modifier seen with one field only decides the field."""
+    noise_words = "neutral"
+
+    @staticmethod
+    def noisy(example, words, rng):
+        question = questions.with_modifier(example["question"], example["category"], rng)
+        return {**example, "question": questions.with_noise(question, example["name"], words, rng)}
+
     @staticmethod
     def answer(example):
         return example["summary"]
@@ -142,4 +183,4 @@ class ResponseExamples(MomemTask):
 
     @staticmethod
     def source(example):
-        return response_source(example["name"], example["summary"])
+        return response_source(example["person"], example["summary"])

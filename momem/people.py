@@ -3,22 +3,27 @@
 Every person has a name (first + last; with probability `shuffle_prob` each part's characters
 are shuffled, so NER must copy names, not remember them) and six facts. A record's content is
 "Job: ...; City: ...; Movie: ...; Song: ...; Hobby: ...; Uni: ..." (about 80-130 characters).
-For every fact there are question and answer templates, so a person gives six examples:
+Every fact gives an example; its question is composed from parts by momem/questions.py:
 
-    question  "What is Amina Otieno's favourite movie?"
-    name      "Amina Otieno"                    (NER target; "<none>" for a question about nobody)
+    question  "Could you tell me what amina otieno's favourite film is?"
+    name      "amina otieno"                    (NER target: the name as written; "<none>" for a
+                                                 question about nobody)
+    person    "Amina Otieno"                    (as stored)
     summary   "Movie: The Silver Lantern"       (the record's field the question asks for)
     response  "Amina Otieno's favourite movie is The Silver Lantern."
 
 Splits: train / valid / test draw values from the in-distribution pools; ood draws every value
-(and name part) from pools never used in training, so it tests copying rather than recall. All
-lists below were written for this project. No value contains ';' (the field separator).
+(and name part) from pools never used in training, so it tests copying rather than recall;
+paraphrase asks about new people with families of phrasing never used in training; unknown
+asks about people never put in memory. All lists below were written for this project. No value
+contains ';' (the field separator).
 """
 import json
 import os
 import random
 
 import tools
+from momem import questions
 
 FIRST = """Amina Otieno Baraka Wanjiru Kofi Ama Chidi Ngozi Tunde Zola Thabo Lerato Sipho Ayana Kwame Nia Jabari Imani
 Malik Zuri Omari Asha Femi Ada Kato Nala Juma Sade Lars Ingrid Sven Freya Anders Elin Nils Astrid Mateo Lucia Diego
@@ -81,20 +86,6 @@ UNI_PATTERNS = ["University of {city}", "{city} University", "{city} College", "
 
 CATEGORIES = ("job", "city", "movie", "song", "hobby", "uni")
 LABELS = {"job": "Job", "city": "City", "movie": "Movie", "song": "Song", "hobby": "Hobby", "uni": "Uni"}
-QUESTIONS = {
-    "job": ["What does {name} do for a living?", "What is {name}'s job?", "Where does {name} work, and as what?",
-            "Tell me {name}'s occupation.", "What work does {name} do?"],
-    "city": ["Where does {name} live?", "Which city is {name} from?", "In what city does {name} live?",
-             "Tell me where {name} lives.", "What is {name}'s home town?"],
-    "movie": ["What is {name}'s favourite movie?", "Which film does {name} love most?",
-              "Tell me {name}'s favourite film.", "What movie does {name} like best?"],
-    "song": ["What is {name}'s favourite song?", "Which song does {name} love?", "What music does {name} like?",
-             "Tell me the song {name} likes best."],
-    "hobby": ["What is {name}'s hobby?", "What does {name} do for fun?", "How does {name} spend free time?",
-              "Tell me about {name}'s hobbies."],
-    "uni": ["Which university did {name} attend?", "Where did {name} study?", "What is {name}'s university?",
-            "Tell me where {name} went to university."],
-}
 ANSWERS = {
     "job": ["{name} works as a {value}.", "{name} is a {value}.", "By trade, {name} is a {value}."],
     "city": ["{name} lives in {value}.", "{name} is from {value}.", "Home for {name} is {value}."],
@@ -105,9 +96,6 @@ ANSWERS = {
     "hobby": ["{name} enjoys {value}.", "{name}'s hobby is {value}.", "In free time, {name} likes {value}."],
     "uni": ["{name} studied at {value}.", "{name} attended {value}.", "{name} went to {value}."],
 }
-NO_PERSON = ["What time is it?", "Tell me a joke.", "What is the weather like today?", "How far is the moon?",
-             "Which city is the biggest?", "What is a good movie to watch?", "Who won the match?",
-             "What song is playing?", "How do I bake bread?", "Where is the nearest library?"]
 NONE = "<none>"
 
 
@@ -157,21 +145,27 @@ def summary(person, category):
     return f"{LABELS[category]}: {person[category]}"
 
 
-def example(person, category, rng):
-    """The question, the NER target, the summary and the answer for one fact of a person."""
-    question = rng.choice(QUESTIONS[category]).format(name=person["name"])
+def example(person, category, rng, held_out=None):
+    """One fact of a person as a training example: the question (questions.compose; held_out:
+    the held-out part it uses, or None), the NER target (the name as written in the question),
+    the record, the summary and the answer (which names the person as stored)."""
+    question, written = questions.compose(category, person["name"], rng, held_out)
     response = rng.choice(ANSWERS[category]).format(name=person["name"], value=person[category])
-    return {"question": question, "name": person["name"], "category": category, "content": content(person),
-            "summary": summary(person, category), "response": response, "value": person[category]}
+    return {"question": question, "name": written, "person": person["name"], "category": category,
+            "content": content(person), "summary": summary(person, category), "response": response,
+            "value": person[category], "held_out": held_out or ""}
 
 
 def no_person_example(rng):
-    return {"question": rng.choice(NO_PERSON), "name": NONE, "category": "none", "content": "", "summary": "",
-            "response": "", "value": ""}
+    return {"question": questions.no_person(rng), "name": NONE, "person": "", "category": "none", "content": "",
+            "summary": "", "response": "", "value": "", "held_out": ""}
 
 
-SPLITS = {"train": (3000, False), "valid": (150, False), "test": (300, False), "ood": (300, True),
-          "unknown": (200, False)}
+# split: (people, ood values, held-out phrasing). paraphrase: people in memory asked only with
+# held-out families of phrasing (questions.PARTS), each question using one of them
+SPLITS = {"train": (3000, False, False), "valid": (150, False, False), "test": (300, False, False),
+          "ood": (300, True, False), "paraphrase": (300, False, True), "unknown": (200, False, False)}
+IN_MEMORY = ("train", "valid", "test", "ood", "paraphrase")  # the splits whose people the store holds
 
 
 def generate(seed=0, sizes=None, shuffle_prob=0.5, no_person_frac=0.05):
@@ -181,17 +175,18 @@ def generate(seed=0, sizes=None, shuffle_prob=0.5, no_person_frac=0.05):
     never repeat across splits."""
     rng = random.Random(seed)
     pools = _pools(seed)
-    sizes = {**{k: v for k, (v, _) in SPLITS.items()}, **(sizes or {})}
+    sizes = {**{k: v for k, (v, _, _) in SPLITS.items()}, **(sizes or {})}
     seen, out = set(), {}
-    for split, (_, ood) in SPLITS.items():
+    for split, (_, ood, paraphrase) in SPLITS.items():
         people, examples = [], []
         while len(people) < sizes[split]:
             person = make_person(rng, pools, ood, shuffle_prob)
-            if person["name"] in seen:
+            if person["name"].lower() in seen:
                 continue
-            seen.add(person["name"])
+            seen.add(person["name"].lower())
             people.append(person)
-            examples += [example(person, c, rng) for c in CATEGORIES]
+            examples += [example(person, c, rng, rng.choice(questions.PARTS) if paraphrase else None)
+                         for c in CATEGORIES]
         examples += [no_person_example(rng) for _ in range(int(len(examples) * no_person_frac))]
         rng.shuffle(examples)
         out[split] = (people, examples)
@@ -199,8 +194,11 @@ def generate(seed=0, sizes=None, shuffle_prob=0.5, no_person_frac=0.05):
 
 
 def write(folder, seed=0, **kwargs):
-    """Write people-SPLIT.jsonl and examples-SPLIT.jsonl for every split into folder."""
+    """Write people-SPLIT.jsonl and examples-SPLIT.jsonl for every split into folder, and
+    drop the memory store made from the previous data (open_store fills a new one)."""
     os.makedirs(folder, exist_ok=True)
+    if os.path.exists(os.path.join(folder, "memory.sqlite")):
+        os.remove(os.path.join(folder, "memory.sqlite"))
     for split, (people, examples) in generate(seed, **kwargs).items():
         for kind, rows in (("people", people), ("examples", examples)):
             path = os.path.join(folder, f"{kind}-{split}.jsonl")

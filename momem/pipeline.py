@@ -4,7 +4,9 @@
              --Module2 summarizer (encoder-decoder)--> field --Module3 generator--> answer
 
 Every stage decodes greedily with the sandbox's batched, KV-cached `inference.generate` (the
-encoder-decoders run their encoder once per batch through `model_inputs`). A question about
+encoder-decoders run their encoder once per batch through `model_inputs`). The NER may only
+write a span of its question (or "<none>") and the summarizer only one of the record's entries
+(momem/constrained.py): the models choose, they cannot invent. A question about
 nobody, or about a person the store does not hold, gets a plain "I don't know" answer, never a
 guess.
 """
@@ -17,12 +19,13 @@ import inference
 import tools
 from config import ROOT
 from momem import people
+from momem.constrained import OneOf, SpanOrNone
 from momem.examples import data_folder, decoder_prompt, encode_sources, response_source
+from momem.questions import MAX_CHARS
 from momem.store import MemoryStore
 
 TRAINED = os.path.join(ROOT, "trained")
 MODULES = {"ner": "momem_ner", "summary": "momem_summary", "response": "momem_response"}
-MAX_QUESTION_CHARS = 64  # the NER context (96 tokens) must hold the question and a name of up to 30 characters
 MAX_NEW = {"ner": 40, "summary": 40, "response": 100}
 NO_NAME = "I could not find a person's name in that question."
 
@@ -45,11 +48,11 @@ def check_question(question):
         if isinstance(question, str) else ""
     if not readable:
         raise ValueError(f"question={question!r} is invalid: ask about a person, e.g. "
-                         "\"Where does Bruno Cruz live?\"")
+                         "\"Where does Kenji Diallo live?\"")
     if "\n" in question:
         raise ValueError("the question must be one line (a newline separates question and answer)")
-    if len(readable) > MAX_QUESTION_CHARS:
-        raise ValueError(f"the question is {len(readable)} characters long; at most {MAX_QUESTION_CHARS} fit "
+    if len(readable) > MAX_CHARS:
+        raise ValueError(f"the question is {len(readable)} characters long; at most {MAX_CHARS} fit "
                          "the NER model's context")
     return readable
 
@@ -62,7 +65,7 @@ def open_store(path=None, folder=None):
     fresh = not os.path.exists(path)
     store = MemoryStore(path)
     if fresh:
-        store.add_many([p for split in ("train", "valid", "test", "ood") for p in people.read(folder, "people", split)])
+        store.add_many([p for split in people.IN_MEMORY for p in people.read(folder, "people", split)])
     return store
 
 
@@ -83,22 +86,27 @@ class Pipeline:
         self.store = store if store is not None else open_store()
         self.batch_size = batch_size
 
-    def generate(self, module, questions, sources=None):
-        """Greedy answers of one module for many questions (batched); sources for encoder-decoders."""
+    def generate(self, module, questions, sources=None, constraint=None):
+        """Greedy answers of one module for many questions (batched); sources for encoder-decoders;
+        constraint(tokenizer, rows) builds the allowed_next of the question indices in rows."""
         model, tokenizer = self.models[module]
         out = []
         for i in range(0, len(questions), self.batch_size):
-            prompts = [decoder_prompt(q) for q in questions[i:i + self.batch_size]]
-            inputs = {} if sources is None else {"source": encode_sources(tokenizer, sources[i:i + self.batch_size])}
+            rows = range(i, min(i + self.batch_size, len(questions)))
+            prompts = [decoder_prompt(questions[r]) for r in rows]
+            inputs = {} if sources is None else {"source": encode_sources(tokenizer, [sources[r] for r in rows])}
             out += inference.generate(model, tokenizer, prompts, max_new_tokens=MAX_NEW[module], temperature=0,
-                                      model_inputs=inputs)
+                                      model_inputs=inputs, allowed_next=constraint and constraint(tokenizer, rows))
         return out
 
     def ner(self, questions):
-        return self.generate("ner", questions)
+        """The name each question asks about, as written in it, or people.NONE."""
+        return self.generate("ner", questions, constraint=lambda tok, rows: SpanOrNone(tok, [questions[r] for r in rows]))
 
     def summarize(self, questions, contents):
-        return self.generate("summary", questions, contents)
+        """The entry ("Label: value") of each record that its question asks for."""
+        return self.generate("summary", questions, contents,
+                             constraint=lambda tok, rows: OneOf(tok, [contents[r].split("; ") for r in rows]))
 
     def respond(self, questions, names, summaries):
         return self.generate("response", questions, [response_source(n, s) for n, s in zip(names, summaries)])
@@ -144,12 +152,12 @@ def evaluate(pipeline, examples, known=True):
     if known and with_person:
         picked = [examples[i] for i in with_person]
         oracle_summary = pipeline.summarize([ex["question"] for ex in picked], [ex["content"] for ex in picked])
-        oracle_response = pipeline.respond([ex["question"] for ex in picked], [ex["name"] for ex in picked],
+        oracle_response = pipeline.respond([ex["question"] for ex in picked], [ex["person"] for ex in picked],
                                            [ex["summary"] for ex in picked])
         oracle = {i: (s, r) for i, s, r in zip(with_person, oracle_summary, oracle_response)}
     for i, (ex, a) in enumerate(zip(examples, chained)):
-        row = {"category": ex["category"], "question": ex["question"], "gold_name": ex["name"], "name": a.name,
-               "answer": a.answer, "ner_ok": a.name == ex["name"]}
+        row = {"category": ex["category"], "held_out": ex["held_out"], "question": ex["question"],
+               "gold_name": ex["name"], "name": a.name, "answer": a.answer, "ner_ok": a.name == ex["name"]}
         if not ex["content"]:  # a question about nobody
             row.update(chained_ok=a.answer == NO_NAME, failed="ner" if a.answer != NO_NAME else "")
         elif not known:
@@ -158,10 +166,10 @@ def evaluate(pipeline, examples, known=True):
         else:
             summary, response = oracle[i]
             exact = pipeline.store.get(a.name)
-            row.update(store_exact_ok=exact is not None and exact["name"] == ex["name"], store_ok=a.found == ex["name"],
+            row.update(store_exact_ok=exact is not None and exact["name"] == ex["person"], store_ok=a.found == ex["person"],
                        summary_oracle_ok=summary == ex["summary"], response_oracle_ok=ex["value"] in response,
                        summary_ok=a.summary == ex["summary"], chained_ok=bool(a.found) and ex["value"] in a.answer
-                       and a.found == ex["name"])
+                       and a.found == ex["person"])
             row["oracle_ok"] = row["summary_oracle_ok"] and row["response_oracle_ok"] and row["ner_ok"]
             row["failed"] = next((stage for stage, ok in (("ner", row["ner_ok"] or row["store_ok"]),
                                                           ("store", row["store_ok"]), ("summary", row["summary_ok"]),
@@ -170,7 +178,10 @@ def evaluate(pipeline, examples, known=True):
     return rows
 
 
-def report(pipeline, splits=("test", "ood", "unknown"), limit=None, folder=None, out_dir=None, seed=0):
+SPLITS = ("test", "ood", "paraphrase", "unknown")
+
+
+def report(pipeline, splits=SPLITS, limit=None, folder=None, out_dir=None):
     """Evaluate on the generated splits; returns (per-example DataFrame, summary DataFrame,
     markdown) and, with out_dir, writes report.md and report.png there."""
     import pandas as pd
@@ -216,7 +227,8 @@ def summarize(rows):
 
 def to_markdown(rows, summary):
     lines = ["# MoMeM evaluation", "", "Greedy decoding; every rate is over the questions of its split and "
-             "category. `unknown` asks about people not in the memory store (right answer: unknown).", ""]
+             "category. `paraphrase` asks about people in the store with families of phrasing never used in "
+             "training; `unknown` asks about people not in the memory store (right answer: unknown).", ""]
     lines.append(tools.markdown_table(summary, float_format="{:.3f}"))
     none = rows[rows["category"] == "none"]
     if len(none):
@@ -228,6 +240,16 @@ def to_markdown(rows, summary):
     for split, group in failures.groupby("split"):
         counts = group["failed"].value_counts()
         lines.append(f"| {split} | " + " | ".join(str(int(counts.get(s, 0))) for s in STAGES) + " |")
+    held = rows[rows["held_out"].astype(bool)] if "held_out" in rows else rows.iloc[:0]
+    if len(held):
+        by_part = held.groupby("held_out")["chained_ok"].agg(["size", "mean"]).reset_index()
+        by_part.columns = ["held-out part", "questions", "end-to-end (chained)"]
+        lines += ["", "Paraphrase questions by the held-out family of phrasing they use "
+                  "(momem/questions.py):", "", tools.markdown_table(by_part, float_format="{:.3f}")]
+    if len(failures):
+        shown = failures.head(12)[["split", "question", "name", "answer", "failed"]]
+        lines += ["", f"Some chained failures ({min(12, len(failures))} of {len(failures)}):", "",
+                  tools.markdown_table(shown)]
     return "\n".join(lines) + "\n"
 
 

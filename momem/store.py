@@ -11,7 +11,7 @@ answers "unknown person", never a guess.
 """
 import sqlite3
 
-from rapidfuzz import fuzz, process
+from rapidfuzz import fuzz, process, utils
 
 from momem.people import CATEGORIES, content
 
@@ -92,13 +92,13 @@ class MemoryStore:
         return self.db.execute("SELECT COUNT(*) FROM people").fetchone()[0]
 
     def find(self, name, fuzzy=True):
-        """(record, 'exact' | 'fuzzy') or (None, None). Fuzzy: the best-scoring stored name
-        (rapidfuzz ratio, 0-100) when it scores at least fuzzy_min_score and beats the runner-up
+        """(record, 'exact' | 'fuzzy') or (None, None); case never matters. Fuzzy: the best-scoring
+        stored name (rapidfuzz ratio, 0-100, of the lower-cased names) when it scores at least fuzzy_min_score and beats the runner-up
         by fuzzy_margin, so an ambiguous near-miss finds nobody rather than the wrong person."""
         record = self.get(name)
         if record is not None or not fuzzy or not name.strip():
             return (record, "exact") if record else (None, None)
-        best = process.extract(name, self.names(), scorer=fuzz.ratio, limit=2)
+        best = process.extract(name, self.names(), scorer=fuzz.ratio, processor=utils.default_process, limit=2)
         if not best or best[0][1] < self.fuzzy_min_score:
             return None, None
         if len(best) > 1 and best[0][1] - best[1][1] < self.fuzzy_margin:

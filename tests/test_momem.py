@@ -1,5 +1,7 @@
 import math
 import os
+import random
+import re
 
 import pytest
 import torch
@@ -10,11 +12,12 @@ import data
 import train
 from conftest import assert_cache_matches_full, random_token_heldout_loss, cli_error
 from modules import build_model
-from momem import people
+from momem import people, questions
+from momem.constrained import OneOf, SpanOrNone
 from momem.examples import NERExamples, ResponseExamples, SummaryExamples, encode_sources
 from momem.store import MemoryStore
 
-SMALL = {"train": 40, "valid": 5, "test": 6, "ood": 6, "unknown": 4}
+SMALL = {"train": 40, "valid": 5, "test": 6, "ood": 6, "paraphrase": 6, "unknown": 4}
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +40,82 @@ def test_generator_is_seeded_and_splits_are_disjoint():
             assert all(p[c] and ";" not in p[c] and len(p[c]) <= 22 for c in people.CATEGORIES)
             assert 60 <= len(people.content(p)) <= 150
         for ex in examples:
+            assert len(ex["question"]) <= questions.MAX_CHARS
             if ex["content"]:
                 assert ex["value"] in ex["response"] and ex["summary"] in ex["content"] and ex["name"] in ex["question"]
+                assert ex["name"].lower() == ex["person"].lower() and ex["person"] in ex["response"]
+                assert bool(ex["held_out"]) == (split == "paraphrase") and ex["held_out"] in ("", *questions.PARTS)
             else:
                 assert ex["name"] == people.NONE
+
+
+def held_out_patterns():
+    """A regex per held-out part of questions.py (a template's placeholders match anything;
+    templates that start with one are too loose to look for)."""
+    parts = [*[h for _, h in questions.NOUNS.values()], questions.NOUN_BODIES[1],
+             *[h for _, h in questions.VERB_BODIES.values()], *[h for _, h in questions.CLAUSES.values()],
+             questions.ASKERS[1], questions.OPENERS[1], questions.SUFFIXES[1]]
+    for template in (t for family in parts for t in family):
+        if template.strip() != "uni" and not template.startswith("{"):
+            literal = [re.escape(piece) for piece in re.split(r"\{\w+\}", template.strip().rstrip("?.").lower())]
+            yield template, re.compile(".+".join(literal))
+
+
+def test_held_out_families_never_reach_training():
+    """No question of train, valid, test or ood uses a held-out synonym, opener, asker, suffix,
+    construction or clause; the paraphrase split uses them (and only they can produce it)."""
+    generated = people.generate(seed=1, sizes={"train": 600, "paraphrase": 200})
+    patterns = list(held_out_patterns())
+    for split in ("train", "valid", "test", "ood"):
+        for ex in generated[split][1]:
+            hits = [t for t, p in patterns if p.search(ex["question"].lower())]
+            assert not hits, (split, ex["question"], hits)
+    paraphrase = [ex for ex in generated["paraphrase"][1] if ex["content"]]
+    found = sum(any(p.search(ex["question"].lower()) for _, p in patterns) for ex in paraphrase)
+    assert found > 0.6 * len(paraphrase)  # the rest use a held-out noun construction or "uni"
+    lower = sum(ex["name"] == ex["person"].lower() for ex in generated["train"][1] if ex["content"])
+    assert 0.1 < lower / len(generated["train"][1]) < 0.35  # names typed in lower case are in training
+
+
+def test_noisy_ner_questions_keep_the_name_and_add_only_given_words():
+    rng = random.Random(0)
+    for question, name in (("What is Bruno Cruz's job?", "Bruno Cruz"), ("bruno cruz job?", "bruno cruz"),
+                           ("Where does Kenji Diallo live?", "Kenji Diallo")):
+        for _ in range(20):
+            noisy = questions.with_noise(question, name, ["film", "so"], rng)
+            added = [w.lower() for w in noisy.replace(name, " ").split() if w not in question.replace(name, " ").split()]
+            assert name in noisy and 1 <= len(added) <= 3 and set(added) <= {"film", "so"}, noisy
+            assert noisy.replace(name, "").count("'s") == question.replace(name, "").count("'s")  # "'s" stays on the name
+
+
+def test_summarizer_noise_says_nothing_about_the_field():
+    examples = people.generate(seed=1, sizes={"train": 300})["train"][1]
+    neutral = questions.phrasing_words(examples, neutral=True)
+    assert {"what", "tell", "please"} <= set(neutral) and not {"film", "job", "live", "studied"} & set(neutral)
+    rng = random.Random(0)
+    modified = questions.with_modifier("What is Bruno Cruz's favourite film?", "movie", rng)
+    assert modified.split()[-2] in questions.MODIFIERS and modified.endswith("film?")
+    assert questions.with_modifier("Where does Bruno Cruz live?", "city", rng) == "Where does Bruno Cruz live?"
+
+
+def test_constraints_only_allow_spans_and_options():
+    tok = data.load_tokenizer("char")
+
+    def allowed(constraint, texts):
+        generated = torch.tensor([tok.encode(t).ids for t in texts]) if texts[0] else torch.zeros(len(texts), 0,
+                                                                                                 dtype=torch.long)
+        mask = constraint(generated)
+        return [{"EOT" if i == data.EOT_ID else tok.decode([i]) for i in row.nonzero().flatten().tolist()} for row in mask]
+
+    spans = SpanOrNone(tok, ["What is bruno cruz's job?", "Tell me a joke."])
+    assert allowed(spans, ["", ""]) == [set("Wibcjs") | {"<"}, set("Tmaj") | {"<"}]  # word starts, or <none>
+    assert allowed(spans, ["bruno", "Tell "]) == [{" ", "EOT"}, {"m"}]  # a word ends: stop or go on; a space: go on
+    assert allowed(spans, ["brun", "Tell"]) == [{"o"}, {" ", "EOT"}]  # never stop inside a word
+    assert allowed(spans, ["bruno cruz", "Tell me a "]) == [{"'", "EOT"}, {"j"}]
+    assert allowed(spans, ["<none>", "<none>"]) == [{"EOT"}, {"EOT"}]
+    options = OneOf(tok, [["Job: baker", "Uni: Lyon College"], ["City: Lyon"]])
+    assert allowed(options, ["", ""]) == [{"J", "U"}, {"C"}]
+    assert allowed(options, ["Job: baker", "City: Lyon"]) == [{"EOT"}, {"EOT"}]
 
 
 def test_store_crud_fuzzy_and_injection():
@@ -48,9 +123,9 @@ def test_store_crud_fuzzy_and_injection():
     person = people.make_person(__import__("random").Random(0), people._pools(0))
     store.add(person)
     assert store.find(person["name"])[1] == "exact" and store.find(person["name"].upper())[1] == "exact"
-    near = person["name"][:-1]  # one character dropped, as a slightly wrong NER output
-    record, how = store.find(near)
-    assert how == "fuzzy" and record["name"] == person["name"]
+    for near in (person["name"][:-1], person["name"][:-1].lower()):  # a character dropped, as a wrong NER output
+        record, how = store.find(near)
+        assert how == "fuzzy" and record["name"] == person["name"]
     assert store.find(near, fuzzy=False) == (None, None)
     assert store.find("Nobody Atall") == (None, None)
     hostile = "x' OR '1'='1'; DROP TABLE people; --"
@@ -178,11 +253,13 @@ def tiny_modules(folder, tmp_path_factory):
 def test_pipeline_end_to_end(folder, tiny_modules, tmp_path, monkeypatch):
     from momem import pipeline as mp
     store = mp.open_store(str(tmp_path / "memory.sqlite"), folder)
-    assert len(store) == SMALL["train"] + SMALL["valid"] + SMALL["test"] + SMALL["ood"]
+    assert len(store) == sum(SMALL[split] for split in people.IN_MEMORY)
     pipe = mp.Pipeline(store=store, run_dir=tiny_modules, device="cpu")
     answer = pipe.ask("What is Zoë Ōtieno's favourite movie?")  # non-ASCII reads fine (byte fallback)
     assert isinstance(answer.answer, str) and answer.answer
-    for bad, match in (("", "ask about a person"), ("x" * 500, "at most"), ("a\nb", "one line"), (None, "invalid")):
+    pipe.ask("x " * (questions.MAX_CHARS // 2))  # as long as a question may be
+    for bad, match in (("", "ask about a person"), ("x" * (questions.MAX_CHARS + 1), "at most"), ("a\nb", "one line"),
+                       (None, "invalid")):
         with pytest.raises(ValueError, match=match):
             pipe.ask(bad)
     # with a perfect NER the chain reaches the store; a stranger is "unknown", a question about nobody says so
@@ -195,9 +272,11 @@ def test_pipeline_end_to_end(folder, tiny_modules, tmp_path, monkeypatch):
     assert unknown.answer == mp.unknown_answer(stranger) and not unknown.found
     assert nobody.answer == mp.NO_NAME
     monkeypatch.undo()
-    rows, summary, markdown = mp.report(pipe, ("test", "ood", "unknown"), limit=8, folder=folder,
-                                        out_dir=str(tmp_path / "report"))
-    assert set(rows["split"]) == {"test", "ood", "unknown"} and rows["chained_ok"].isin([True, False]).all()
+    rows, summary, markdown = mp.report(pipe, mp.SPLITS, limit=8, folder=folder, out_dir=str(tmp_path / "report"))
+    assert set(rows["split"]) == set(mp.SPLITS) and rows["chained_ok"].isin([True, False]).all()
+    # an untrained NER still only extracts: every name it gives is a word-bounded span of the question
+    for question, name in zip(rows["question"], rows["name"]):
+        assert name == people.NONE or re.search(rf"(?<!\w){re.escape(name)}(?!\w)", question), (question, name)
     assert {"NER exact match", "end-to-end (chained)", "store hit (fuzzy)"} <= set(summary.columns)
     assert os.path.isfile(tmp_path / "report" / "report.png") and "first stage that broke" in markdown
     failed = rows[~rows["chained_ok"].astype(bool)]
@@ -216,3 +295,12 @@ def test_encode_sources_right_pads():
     tok = data.load_tokenizer("char")
     src = encode_sources(tok, ["ab", "abcd"])
     assert src.shape == (2, 4) and (src[0, 2:] == data.PAD_ID).all() and (src[1] != data.PAD_ID).all()
+
+
+def test_readme_asks_about_people_the_store_holds():
+    """Every `python -m momem ask` in the README names a person of the generated store (seed 0)."""
+    with open(os.path.join(config.ROOT, "README.md"), encoding="utf-8") as f:
+        asked = re.findall(r'python -m momem ask "([^"]+)"', f.read())
+    generated = people.generate(seed=0)
+    stored = {p["name"].lower() for split in people.IN_MEMORY for p in generated[split][0]}
+    assert asked and all(any(name in q.lower() for name in stored) for q in asked), asked
