@@ -55,22 +55,15 @@ def encode_sources(tokenizer, texts):
 
 
 class MomemTask:
-    """Base of the three tasks: subclasses say which examples count (`keep`), what the answer
-    and source of an example are, and whether to train also on a noisy copy of every question
-    about a person (`noisy`, with the training questions' words of `noise_words`)."""
+    """Base of the three tasks: subclasses say which examples count (`keep`), and what the
+    answer and source of an example are."""
     has_source = True
-    noise_words = None  # None (no noisy copies) | "all" | "neutral" (see questions.phrasing_words)
 
     def __init__(self, model_cfg, train_cfg):
         self.folder = data_folder(train_cfg.data_dir)
         self.tokenizer = data.load_tokenizer(model_cfg.tokenizer)
         self.max_len = model_cfg.max_seq_len
-        examples = people.read(self.folder, "examples", "train")
-        self.train = self._encode(examples)
-        if self.noise_words:
-            rng = random.Random(0)
-            words = questions.phrasing_words(examples, neutral=self.noise_words == "neutral")
-            self.train += self._encode([self.noisy(ex, words, rng) for ex in examples if ex["content"]])
+        self.train = self._encode(people.read(self.folder, "examples", "train"))
         self._by_length = None  # training example indices sorted by length (train_batch)
         self.valid = self._encode(people.read(self.folder, "examples", "valid"))
         answers = [ex["answer_chars"] for ex in self.valid]
@@ -137,15 +130,17 @@ class MomemTask:
 
 
 class NERExamples(MomemTask):
-    """Trains also on noisy copies (any words of the training questions put in around the
-    name), so that the NER finds a name by its letters rather than by the words that happen to
-    stand next to it in the templates."""
+    """Trains also on a noisy copy of every question about a person (questions.with_noise: the
+    training questions' words put in around the name), so that the NER finds a name by its
+    letters rather than by the words that happen to stand next to it in the templates."""
     has_source = False
-    noise_words = "all"
 
-    @staticmethod
-    def noisy(example, words, rng):
-        return {**example, "question": questions.with_noise(example["question"], example["name"], words, rng)}
+    def __init__(self, model_cfg, train_cfg):
+        super().__init__(model_cfg, train_cfg)
+        examples = people.read(self.folder, "examples", "train")
+        words, rng = questions.phrasing_words(examples), random.Random(0)
+        self.train += self._encode([{**ex, "question": questions.with_noise(ex["question"], ex["name"], words, rng)}
+                                    for ex in examples if ex["content"]])
 
     @staticmethod
     def keep(example):
@@ -157,16 +152,6 @@ class NERExamples(MomemTask):
 
 
 class SummaryExamples(MomemTask):
-    """Trains also on noisy copies: words that say nothing about the field put in, and a random
-    modifier before the field's noun ("old song", "best-loved job"), so that neither the
-    surrounding chatter nor a modifier seen with one field only decides the field."""
-    noise_words = "neutral"
-
-    @staticmethod
-    def noisy(example, words, rng):
-        question = questions.with_modifier(example["question"], example["category"], rng)
-        return {**example, "question": questions.with_noise(question, example["name"], words, rng)}
-
     @staticmethod
     def answer(example):
         return example["summary"]

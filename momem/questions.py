@@ -166,27 +166,9 @@ def with_noise(question, name, words, rng, most=3):
     return noisy if len(noisy) <= MAX_CHARS else question
 
 
-MODIFIERS = ["favourite", "best-loved", "old", "main", "current"]
-
-
-def with_modifier(question, category, rng):
-    """The question with a random modifier before one of its field's seen nouns, if it has one."""
-    heads = sorted({noun.split()[-1] for noun in NOUNS[category][0]})
-    words = question.split(" ")
-    at = [i for i, w in enumerate(words) if w.strip("?.,!'s").lower() in heads]
-    if at:
-        words.insert(rng.choice(at), rng.choice(MODIFIERS))
-    return " ".join(words)
-
-
-def phrasing_words(examples, neutral=False, min_count=20):
-    """The words of the questions (names left out) that occur at least min_count times (so not
-    typos); neutral=True keeps only those no field owns: none takes more than 30% of a word's
-    uses, so a word added to a question says nothing about which field it asks for."""
-    uses = collections.defaultdict(collections.Counter)
-    for ex in examples:
-        for word in ex["question"].replace(ex["name"], " ").split():
-            uses[word.strip("?.,!:").lower()][ex["category"]] += 1
-    return sorted(w for w, by_field in uses.items() if w and sum(by_field.values()) >= min_count
-                  and (not neutral or max(by_field.values()) <= 0.3 * sum(by_field.values())))
-
+def phrasing_words(examples, min_count=20):
+    """The words of the questions (names left out) that occur at least min_count times: the
+    phrasing's words, not its typos."""
+    counts = collections.Counter(word.strip("?.,!:").lower() for ex in examples
+                                 for word in ex["question"].replace(ex["name"], " ").split())
+    return sorted(w for w, n in counts.items() if w and n >= min_count)

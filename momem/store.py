@@ -19,7 +19,9 @@ FIELDS = ("name", "first", "last") + CATEGORIES
 
 
 class MemoryStore:
-    def __init__(self, path=":memory:", fuzzy_min_score=85.0, fuzzy_margin=5.0):
+    # 88 (measured on the generated data): 6 of 200 strangers' names take a stored person's,
+    # 285 of 300 stored names with one typo are found; at 85: 13 strangers and 291
+    def __init__(self, path=":memory:", fuzzy_min_score=88.0, fuzzy_margin=5.0):
         self.db = sqlite3.connect(path)
         self.fuzzy_min_score, self.fuzzy_margin = fuzzy_min_score, fuzzy_margin
         columns = ", ".join(f"{f} TEXT NOT NULL" for f in FIELDS[1:])

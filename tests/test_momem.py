@@ -88,16 +88,6 @@ def test_noisy_ner_questions_keep_the_name_and_add_only_given_words():
             assert noisy.replace(name, "").count("'s") == question.replace(name, "").count("'s")  # "'s" stays on the name
 
 
-def test_summarizer_noise_says_nothing_about_the_field():
-    examples = people.generate(seed=1, sizes={"train": 300})["train"][1]
-    neutral = questions.phrasing_words(examples, neutral=True)
-    assert {"what", "tell", "please"} <= set(neutral) and not {"film", "job", "live", "studied"} & set(neutral)
-    rng = random.Random(0)
-    modified = questions.with_modifier("What is Bruno Cruz's favourite film?", "movie", rng)
-    assert modified.split()[-2] in questions.MODIFIERS and modified.endswith("film?")
-    assert questions.with_modifier("Where does Bruno Cruz live?", "city", rng) == "Where does Bruno Cruz live?"
-
-
 def test_constraints_only_allow_spans_and_options():
     tok = data.load_tokenizer("char")
 

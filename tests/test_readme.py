@@ -32,7 +32,7 @@ RULES = [
                             "2 x 2 x 2 study end to end through the same functions"),
     (r"python bench/", "benchmarks print timings and take minutes; they are not tests"),
     (r"torchrun", "needs several GPUs or nodes; tests/test_distributed.py trains with two gloo processes"),
-    (r"python -m momem train", "trains the three MoMeM modules for about half an hour; tests/test_momem.py "
+    (r"python -m momem train", "trains the three MoMeM modules for about 47 minutes; tests/test_momem.py "
                                "trains tiny ones through the same code"),
     (r"python -m momem add", "writes a person into the user's memory store; tests/test_momem.py adds to a temporary one"),
     (r"python -m momem eval", ["--limit", "8"]),
