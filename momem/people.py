@@ -5,7 +5,7 @@ are shuffled, so NER must copy names, not remember them) and six facts. A record
 "Job: ...; City: ...; Movie: ...; Song: ...; Hobby: ...; Uni: ..." (about 80-130 characters).
 Every fact gives an example; its question is composed from parts by momem/questions.py:
 
-    question  "Could you tell me what amina otieno's favourite film is?"
+    question  "Can you tell me amina otieno's favourite film?"
     name      "amina otieno"                    (NER target: the name as written; "<none>" for a
                                                  question about nobody)
     person    "Amina Otieno"                    (as stored)
