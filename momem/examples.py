@@ -55,15 +55,15 @@ def encode_sources(tokenizer, texts):
 
 
 class MomemTask:
-    """Base of the three tasks: subclasses say which examples count (`keep`), and what the
-    answer and source of an example are."""
+    """Base of the three tasks: subclasses say which examples count (`keep`), what the answer
+    and source of an example are, and may add training examples (`training_examples`)."""
     has_source = True
 
     def __init__(self, model_cfg, train_cfg):
         self.folder = data_folder(train_cfg.data_dir)
         self.tokenizer = data.load_tokenizer(model_cfg.tokenizer)
         self.max_len = model_cfg.max_seq_len
-        self.train = self._encode(people.read(self.folder, "examples", "train"))
+        self.train = self._encode(self.training_examples(people.read(self.folder, "examples", "train")))
         self._by_length = None  # training example indices sorted by length (train_batch)
         self.valid = self._encode(people.read(self.folder, "examples", "valid"))
         answers = [ex["answer_chars"] for ex in self.valid]
@@ -72,6 +72,11 @@ class MomemTask:
     @staticmethod
     def keep(example):
         return bool(example["content"])
+
+    @staticmethod
+    def training_examples(examples):
+        """What to train on, from the generated training examples."""
+        return examples
 
     def _encode(self, examples):
         encoded = []
@@ -135,12 +140,11 @@ class NERExamples(MomemTask):
     letters rather than by the words that happen to stand next to it in the templates."""
     has_source = False
 
-    def __init__(self, model_cfg, train_cfg):
-        super().__init__(model_cfg, train_cfg)
-        examples = people.read(self.folder, "examples", "train")
+    @staticmethod
+    def training_examples(examples):
         words, rng = questions.phrasing_words(examples), random.Random(0)
-        self.train += self._encode([{**ex, "question": questions.with_noise(ex["question"], ex["name"], words, rng)}
-                                    for ex in examples if ex["content"]])
+        return examples + [{**ex, "question": questions.with_noise(ex["question"], ex["name"], words, rng)}
+                           for ex in examples if ex["content"]]
 
     @staticmethod
     def keep(example):

@@ -156,13 +156,13 @@ def with_noise(question, name, words, rng, most=3):
     than MAX_CHARS): training data for the NER in which no neighbouring word, and no capital
     letter, tells where the name is, only the name's own letters do."""
     at = question.index(name)
-    after = question[at + len(name):].split(" ")  # after[0] sticks to the name: "'s", "?" or ""
-    before, after = question[:at].split(), after[1:]
+    attached, *after = question[at + len(name):].split(" ")  # attached sticks to the name: "'s", "?" or ""
+    before = question[:at].split()
     for _ in range(rng.randint(1, most)):
         side = before if rng.random() < 0.5 else after
         word = rng.choice(words)
         side.insert(rng.randint(0, len(side)), word.capitalize() if rng.random() < 0.5 else word)
-    noisy = " ".join(before + [name + question[at + len(name):].split(" ")[0]] + after)
+    noisy = " ".join(before + [name + attached] + after)
     return noisy if len(noisy) <= MAX_CHARS else question
 
 

@@ -95,8 +95,9 @@ class MemoryStore:
 
     def find(self, name, fuzzy=True):
         """(record, 'exact' | 'fuzzy') or (None, None); case never matters. Fuzzy: the best-scoring
-        stored name (rapidfuzz ratio, 0-100, of the lower-cased names) when it scores at least fuzzy_min_score and beats the runner-up
-        by fuzzy_margin, so an ambiguous near-miss finds nobody rather than the wrong person."""
+        stored name (rapidfuzz ratio, 0-100, of the lower-cased names) when it scores at least
+        fuzzy_min_score and beats the runner-up by fuzzy_margin, so an ambiguous near-miss finds
+        nobody rather than the wrong person."""
         record = self.get(name)
         if record is not None or not fuzzy or not name.strip():
             return (record, "exact") if record else (None, None)
