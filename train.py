@@ -163,6 +163,7 @@ class TrainState:
     loss_sum: float = 0.0
     loss_count: int = 0
     terms_sum: dict = dataclasses.field(default_factory=dict)
+    command: str = ""  # the command that started the run: its README names it, not a later --resume
 
 
 @dataclasses.dataclass
@@ -190,7 +191,7 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
     optimizer, step, RNG states and data position come from the folder's checkpoint.pt
     (use `resume_run`, which also reads the folder's configs). overwrite=True replaces a run
     folder of the same name, except one committed to the repository (a shipped model) unless
-    force=True as well. `command` is recorded in the run's README.md. on_eval(row) is called
+    force=True as well. `command` (the one that started the run) is recorded in its README.md. on_eval(row) is called
     with every log row (a sweep's pruner may raise to stop the run there). Under torchrun every
     process calls this; see distributed.py."""
     presets.check(model_cfg, train_cfg)
@@ -202,7 +203,7 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
         with runs.open_run(job, model_cfg, train_cfg, resume, overwrite, force) as out, \
                 tools.deterministic(repeatable), _StopRequest() as stop:  # a signal from here on saves
             run = build_run(model_cfg, train_cfg, job, device, out, on_eval)
-            state = TrainState(**restore_state(run)) if resume else TrainState()
+            state = TrainState(**restore_state(run)) if resume else TrainState(command=command or "")
             run.step_model = wrap_model(run)
             announce(run, state, resume)
             if job.is_main:
@@ -235,7 +236,7 @@ def train_or_resume(model_cfg, train_cfg, progress=True, command=None):
 def finish(run, state, command):
     """A run that reached max_steps gets its README.md, and says where it is."""
     if state.step == run.train_cfg.max_steps and run.job.is_main:
-        runs.write_readme(run.out, command)
+        runs.write_readme(run.out, state.command or command)
         shown = os.path.relpath(run.out) if not os.path.relpath(run.out).startswith("..") else run.out
         say(run, f"saved the run to {shown} (model.safetensors, log_data.csv, README.md); sample it with "
             f"`python inference.py --model {shown}`")

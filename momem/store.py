@@ -98,12 +98,26 @@ class MemoryStore:
         stored name (rapidfuzz ratio, 0-100, of the lower-cased names) when it scores at least
         fuzzy_min_score and beats the runner-up by fuzzy_margin, so an ambiguous near-miss finds
         nobody rather than the wrong person."""
+        if fuzzy:
+            return self.find_any([name])
         record = self.get(name)
-        if record is not None or not fuzzy or not name.strip():
-            return (record, "exact") if record else (None, None)
-        best = process.extract(name, self.names(), scorer=fuzz.ratio, processor=utils.default_process, limit=2)
-        if not best or best[0][1] < self.fuzzy_min_score:
+        return (record, "exact") if record else (None, None)
+
+    def find_any(self, candidates):
+        """find() over several spellings of one name, likeliest first (the NER's span and its
+        neighbours, say): the first that names a stored person exactly, else the best fuzzy
+        match under find's threshold and margin; (record, 'exact' | 'fuzzy') or (None, None)."""
+        candidates = [c for c in candidates if c.strip()]
+        for name in candidates:
+            record = self.get(name)
+            if record is not None:
+                return record, "exact"
+        scored = [(process.extract(c, self.names(), scorer=fuzz.ratio, processor=utils.default_process, limit=2), c)
+                  for c in candidates]
+        scored = [(best, c) for best, c in scored if best]
+        if not scored:
             return None, None
-        if len(best) > 1 and best[0][1] - best[1][1] < self.fuzzy_margin:
+        best, name = max(scored, key=lambda item: item[0][0][1])
+        if best[0][1] < self.fuzzy_min_score or (len(best) > 1 and best[0][1] - best[1][1] < self.fuzzy_margin):
             return None, None
         return self.get(best[0][0]), "fuzzy"

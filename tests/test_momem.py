@@ -108,6 +108,16 @@ def test_constraints_only_allow_spans_and_options():
     assert allowed(options, ["Job: baker", "City: Lyon"]) == [{"EOT"}, {"EOT"}]
 
 
+def test_nearby_spans_are_word_bounded_nearest_first():
+    from momem.pipeline import nearby_spans
+    question = "Can you tell me faith nguyen's alma mater?"
+    spans = nearby_spans(question, "nguyen's alma")  # the NER one word too far right
+    assert "faith nguyen" in spans and "nguyen's alma" not in spans and len(spans) == len(set(spans))
+    assert spans[0] in {"faith nguyen's alma", "nguyen's", "nguyen's alma mater", "s alma"}  # one word off
+    assert all(re.search(rf"(?<!\w){re.escape(s)}(?!\w)", question) for s in spans)
+    assert nearby_spans(question, "guyen") == nearby_spans(question, "Kofi") == []  # not a span of it
+
+
 def test_store_crud_fuzzy_and_injection():
     store = MemoryStore()
     person = people.make_person(__import__("random").Random(0), people._pools(0))
@@ -118,6 +128,10 @@ def test_store_crud_fuzzy_and_injection():
         assert how == "fuzzy" and record["name"] == person["name"]
     assert store.find(near, fuzzy=False) == (None, None)
     assert store.find("Nobody Atall") == (None, None)
+    # several spellings, likeliest first: an exact one wins over an earlier fuzzy one; else the best fuzzy one
+    assert store.find_any(["Nobody Atall", near, person["name"]]) == (store.get(person["name"]), "exact")
+    assert store.find_any(["Nobody Atall", near]) == (store.get(person["name"]), "fuzzy")
+    assert store.find_any(["Nobody Atall", "does " + person["first"], ""]) == (None, None)
     hostile = "x' OR '1'='1'; DROP TABLE people; --"
     assert store.find(hostile) == (None, None) and len(store) == 1
     store.update(person["name"], movie="The Quiet River")
@@ -255,10 +269,12 @@ def test_pipeline_end_to_end(folder, tiny_modules, tmp_path, monkeypatch):
     # with a perfect NER the chain reaches the store; a stranger is "unknown", a question about nobody says so
     test_people = people.read(folder, "people", "test")
     stranger = people.read(folder, "people", "unknown")[0]["name"]
-    names = iter([test_people[0]["name"], stranger, people.NONE])
+    first, last = test_people[1]["first"], test_people[1]["last"]
+    names = iter([test_people[0]["name"], stranger, people.NONE, f"{last}'s home"])  # the last: one word too far
     monkeypatch.setattr(pipe, "ner", lambda questions: [next(names) for _ in questions])
-    known, unknown, nobody = pipe.ask_many(["Q1?", "Q2?", "Q3?"])
+    known, unknown, nobody, shifted = pipe.ask_many(["Q1?", "Q2?", "Q3?", f"Where is {first} {last}'s home town?"])
     assert known.found == test_people[0]["name"] and known.lookup == "exact" and known.summary is not None
+    assert shifted.found == test_people[1]["name"] and shifted.lookup == "nearby span"
     assert unknown.answer == mp.unknown_answer(stranger) and not unknown.found
     assert nobody.answer == mp.NO_NAME
     monkeypatch.undo()
@@ -267,7 +283,7 @@ def test_pipeline_end_to_end(folder, tiny_modules, tmp_path, monkeypatch):
     # an untrained NER still only extracts: every name it gives is a word-bounded span of the question
     for question, name in zip(rows["question"], rows["name"]):
         assert name == people.NONE or re.search(rf"(?<!\w){re.escape(name)}(?!\w)", question), (question, name)
-    assert {"NER exact match", "end-to-end (chained)", "store hit (fuzzy)"} <= set(summary.columns)
+    assert {"NER exact match", "end-to-end (chained)", "store hit (fuzzy, nearby)"} <= set(summary.columns)
     assert os.path.isfile(tmp_path / "report" / "report.png") and "first stage that broke" in markdown
     failed = rows[~rows["chained_ok"].astype(bool)]
     assert failed["failed"].isin(mp.STAGES).all()  # every failure is attributed to a stage

@@ -57,12 +57,14 @@ def test_resume_is_bit_identical(tmp_path, optimizer):
     runs.save_checkpoint = crash_after_first_checkpoint
     try:
         with pytest.raises(RuntimeError, match="simulated crash"):
-            train.train(cfg, part, progress=False)
+            train.train(cfg, part, progress=False, command="python train.py --name resumed")
     finally:
         runs.save_checkpoint = original_save
     rows_before = read_log(os.path.join(tmp_path, "resumed"))
     assert [r["step"] for r in rows_before] == ["5", "10"]
-    resumed = train.resume_run(os.path.join(tmp_path, "resumed"), progress=False)
+    resumed = train.resume_run(os.path.join(tmp_path, "resumed"), progress=False,
+                               command="python train.py --resume resumed")
+    assert "python train.py --name resumed\n" in open(os.path.join(resumed, "README.md")).read()  # how it was made
     a, b = read_log(straight), read_log(resumed)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [str(s) for s in range(5, 31, 5)]
     for column in ("train_loss", "val_loss", "lr", "grad_norm"):
