@@ -191,9 +191,9 @@ def train(model_cfg, train_cfg, resume=False, overwrite=False, progress=True, co
     optimizer, step, RNG states and data position come from the folder's checkpoint.pt
     (use `resume_run`, which also reads the folder's configs). overwrite=True replaces a run
     folder of the same name, except one committed to the repository (a shipped model) unless
-    force=True as well. `command` (the one that started the run) is recorded in its README.md. on_eval(row) is called
-    with every log row (a sweep's pruner may raise to stop the run there). Under torchrun every
-    process calls this; see distributed.py."""
+    force=True as well. `command` (the one that started the run) is recorded in its README.md.
+    on_eval(row) is called with every log row (a sweep's pruner may raise to stop the run there).
+    Under torchrun every process calls this; see distributed.py."""
     presets.check(model_cfg, train_cfg)
     job = distributed.Context()
     device = job.start(tools.pick_device(train_cfg.device))

@@ -112,12 +112,12 @@ class MemoryStore:
             record = self.get(name)
             if record is not None:
                 return record, "exact"
-        scored = [(process.extract(c, self.names(), scorer=fuzz.ratio, processor=utils.default_process, limit=2), c)
+        scored = [process.extract(c, self.names(), scorer=fuzz.ratio, processor=utils.default_process, limit=2)
                   for c in candidates]
-        scored = [(best, c) for best, c in scored if best]
+        scored = [best for best in scored if best]  # best: the two closest stored names, (name, score, index)
         if not scored:
             return None, None
-        best, name = max(scored, key=lambda item: item[0][0][1])
+        best = max(scored, key=lambda b: b[0][1])
         if best[0][1] < self.fuzzy_min_score or (len(best) > 1 and best[0][1] - best[1][1] < self.fuzzy_margin):
             return None, None
         return self.get(best[0][0]), "fuzzy"
