@@ -236,6 +236,12 @@ class TinyStories:
     The splits are tokenized (or read from the cache) on first use."""
 
     data_dir_env = "MMS_DATA_DIR"  # used for a run folder whose stored data_dir is not on this machine (runs.load_configs)
+    try_command = 'python inference.py --model {run} --prompt "Once upon a time"'  # a run's README: try the model
+
+    @staticmethod
+    def origin(train_cfg):
+        """Where the text comes from (a run's README)."""
+        return train_cfg.data_dir or os.environ.get(TinyStories.data_dir_env) or f"the Hugging Face hub ({HUB_DATASET})"
 
     def __init__(self, model_cfg, train_cfg):
         self.tokenizer, self.seq_len = model_cfg.tokenizer, model_cfg.max_seq_len

@@ -298,12 +298,19 @@ def read_run(run_dir):
                            params=total, non_embedding_params=total - embedding)
 
 
+def try_command(run_dir, train_cfg):
+    """How to try a trained run: its dataset's try_command (TinyStories': sample a story)."""
+    dataset = data.dataset_class(train_cfg.dataset)
+    return getattr(dataset, "try_command", data.TinyStories.try_command).format(run=os.path.relpath(run_dir, config.ROOT))
+
+
 def write_readme(run_dir, command=None):
     """trained/NAME/README.md: how the run was made and what it reached, from its own files."""
     run = read_run(run_dir)
     model_cfg, log, last, best = run.model_cfg, run.log, run.last, run.best
     train_cfg = config.load_json(config.TrainConfig, os.path.join(run_dir, "train_config.json"))
-    data_source = train_cfg.data_dir or os.environ.get("MMS_DATA_DIR") or f"the Hugging Face hub ({data.HUB_DATASET})"
+    dataset = data.dataset_class(train_cfg.dataset)
+    data_source = dataset.origin(train_cfg) if hasattr(dataset, "origin") else train_cfg.data_dir or "its own source"
     text = f"""# {os.path.basename(run_dir)}
 
 `{model_cfg.model_type}` model, {run.params:,} parameters ({run.non_embedding_params:,} non-embedding), tokenizer `{model_cfg.tokenizer}`,
@@ -322,7 +329,7 @@ context {model_cfg.max_seq_len}. Made with:
 | best validation loss | {best['val_loss']:.4f} at step {int(best['step'])} ({best['val_bpc']:.4f} bits/char) |
 | final train loss | {last['train_loss']:.4f} (mean since the previous evaluation, dropout on) |
 
-Sample: `python inference.py --model {os.path.relpath(run_dir, config.ROOT)} --prompt "Once upon a time"`.
+Try it: `{try_command(run_dir, train_cfg)}`.
 Files: `model_config.json`, `train_config.json`, `model.safetensors`, `log_data.csv` (one row per evaluation).
 """
     with open(os.path.join(run_dir, "README.md"), "w") as f:

@@ -238,8 +238,8 @@ def finish(run, state, command):
     if state.step == run.train_cfg.max_steps and run.job.is_main:
         runs.write_readme(run.out, state.command or command)
         shown = os.path.relpath(run.out) if not os.path.relpath(run.out).startswith("..") else run.out
-        say(run, f"saved the run to {shown} (model.safetensors, log_data.csv, README.md); sample it with "
-            f"`python inference.py --model {shown}`")
+        say(run, f"saved the run to {shown} (model.safetensors, log_data.csv, README.md); try it: "
+            f"`{runs.try_command(run.out, run.train_cfg)}`")
 
 
 def check_job_fits(job, model_cfg, train_cfg, device):

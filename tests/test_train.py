@@ -27,6 +27,7 @@ def test_short_run_lowers_loss_and_writes_run_folder(tmp_path):
                                        "model_config.json", "train_config.json"]
     readme = open(os.path.join(run, "README.md")).read()
     assert f"{float(rows_last_bpc(run)):.4f} bits/char" in readme and "30,720 (60 steps of batch 8, context 64)" in readme
+    assert f"python inference.py --model {os.path.relpath(run, config.ROOT)} --prompt" in readme
     rows = read_log(run)
     assert [int(r["step"]) for r in rows] == [20, 40, 60]
     assert list(rows[0]) == train.LOG_COLUMNS
