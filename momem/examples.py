@@ -15,7 +15,6 @@ data_cache/momem, generated with seed 0 on first use.
 """
 import math
 import os
-import random
 
 import torch
 
@@ -27,6 +26,14 @@ from momem import people, questions
 DEFAULT_DIR = os.path.join(ROOT, "data_cache", "momem")
 SEPARATOR = "\n"  # between the question and the answer
 BUCKET_BATCHES = 16  # batches per length bucket (train_batch)
+FILLER = 6  # the summarizer's noisy copies: at most this many filler words put in (SummaryExamples)
+
+
+def everyday_words():
+    """Whole words of everyday English: those of the BPE-2048 vocabulary (learned from
+    TinyStories), three letters or more."""
+    vocab = data.load_tokenizer("bpe2048").get_vocab()
+    return sorted(t[1:] for t in vocab if t.startswith("Ġ") and t[1:].isalpha() and len(t) > 3)
 
 
 def data_folder(data_dir=""):
@@ -58,6 +65,11 @@ class MomemTask:
     """Base of the three tasks: subclasses say which examples count (`keep`), what the answer
     and source of an example are, and may add training examples (`training_examples`)."""
     has_source = True
+    try_command = 'python -m momem ask "Where does Kenji Diallo live?"'  # a run's README: the pipeline it serves
+
+    @staticmethod
+    def origin(train_cfg):
+        return f"MoMeM's generated people data in {os.path.relpath(train_cfg.data_dir or DEFAULT_DIR, ROOT)}"
 
     def __init__(self, model_cfg, train_cfg):
         self.folder = data_folder(train_cfg.data_dir)
@@ -78,10 +90,15 @@ class MomemTask:
         """What to train on, from the generated training examples."""
         return examples
 
+    @staticmethod
+    def question(example):
+        """The question as this module reads it."""
+        return example["question"]
+
     def _encode(self, examples):
         encoded = []
         for ex in filter(self.keep, examples):
-            prompt = [data.EOT_ID] + self.tokenizer.encode(decoder_prompt(ex["question"])).ids
+            prompt = [data.EOT_ID] + self.tokenizer.encode(decoder_prompt(self.question(ex))).ids
             answer = self.tokenizer.encode(self.answer(ex)).ids + [data.EOT_ID]
             sequence = prompt + answer
             if len(sequence) - 1 > self.max_len:
@@ -142,9 +159,7 @@ class NERExamples(MomemTask):
 
     @staticmethod
     def training_examples(examples):
-        words, rng = questions.phrasing_words(examples), random.Random(0)
-        return examples + [{**ex, "question": questions.with_noise(ex["question"], ex["name"], words, rng)}
-                           for ex in examples if ex["content"]]
+        return examples + questions.noisy_copies(examples, questions.phrasing_words(examples))
 
     @staticmethod
     def keep(example):
@@ -156,6 +171,20 @@ class NERExamples(MomemTask):
 
 
 class SummaryExamples(MomemTask):
+    """Reads the question with its name masked (questions.mask_name), so that the letters of a
+    name never sway which field is asked. Trains also on a noisy copy of every question with up
+    to FILLER words put in that do not tell the field (questions.filler_words: neutral phrasing
+    words and everyday words), so that words it never saw, and where the telling words stand,
+    do not sway it either."""
+    @staticmethod
+    def training_examples(examples):
+        words = questions.filler_words(examples, everyday_words())
+        return examples + questions.noisy_copies(examples, words, most=FILLER)
+
+    @staticmethod
+    def question(example):
+        return questions.mask_name(example["question"], example["name"])
+
     @staticmethod
     def answer(example):
         return example["summary"]

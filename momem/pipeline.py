@@ -22,7 +22,7 @@ from config import ROOT
 from momem import people
 from momem.constrained import OneOf, SpanOrNone
 from momem.examples import data_folder, decoder_prompt, encode_sources, response_source
-from momem.questions import MAX_CHARS
+from momem.questions import MAX_CHARS, mask_name
 from momem.store import MemoryStore
 
 TRAINED = os.path.join(ROOT, "trained")
@@ -119,8 +119,10 @@ class Pipeline:
         """The name each question asks about, as written in it, or people.NONE."""
         return self.generate("ner", questions, constraint=lambda tok, rows: SpanOrNone(tok, [questions[r] for r in rows]))
 
-    def summarize(self, questions, contents):
-        """The entry ("Label: value") of each record that its question asks for."""
+    def summarize(self, questions, names, contents):
+        """The entry ("Label: value") of each record that its question asks for; names: the name
+        as written in each question (masked, as in training)."""
+        questions = [mask_name(q, n) for q, n in zip(questions, names)]
         return self.generate("summary", questions, contents,
                              constraint=lambda tok, rows: OneOf(tok, [contents[r].split("; ") for r in rows]))
 
@@ -146,7 +148,8 @@ class Pipeline:
                 a.found, a.lookup, a.stages["record"] = record["name"], how, record
         todo = [a for a in answers if a.found]
         if todo:
-            summaries = self.summarize([a.question for a in todo], [a.stages["record"]["content"] for a in todo])
+            summaries = self.summarize([a.question for a in todo], [a.name for a in todo],
+                                       [a.stages["record"]["content"] for a in todo])
             for a, s in zip(todo, summaries):
                 a.summary = s
             for a, r in zip(todo, self.respond([a.question for a in todo], [a.found for a in todo], summaries)):
@@ -170,7 +173,8 @@ def evaluate(pipeline, examples, known=True):
     with_person = [i for i, ex in enumerate(examples) if ex["content"]]
     if known and with_person:
         picked = [examples[i] for i in with_person]
-        oracle_summary = pipeline.summarize([ex["question"] for ex in picked], [ex["content"] for ex in picked])
+        oracle_summary = pipeline.summarize([ex["question"] for ex in picked], [ex["name"] for ex in picked],
+                                            [ex["content"] for ex in picked])
         oracle_response = pipeline.respond([ex["question"] for ex in picked], [ex["person"] for ex in picked],
                                            [ex["summary"] for ex in picked])
         oracle = {i: (s, r) for i, s, r in zip(with_person, oracle_summary, oracle_response)}

@@ -16,6 +16,7 @@ work" beside "work", "Could you tell me" beside "Can you tell me") in orders and
 that do not. All lists were written for this project.
 """
 import collections
+import random
 
 NOUNS = {  # category: (seen synonyms, held-out synonyms)
     "job": (["job", "occupation", "profession", "work", "trade", "career"], ["line of work", "day job"]),
@@ -76,6 +77,7 @@ NO_PERSON = ["What time is it?", "Tell me a joke.", "What is the weather like to
              "What song is playing?", "How do I bake bread?", "Where is the nearest library?",
              "What is the capital of France?", "Which university is the oldest?", "What job should I do?",
              "Do you know a good hobby?", "Where do you live?", "What is your favourite film?"]
+NAME_MASK = "$"  # stands for the name in what the summarizer reads (a character no question uses)
 PARTS = ("noun", "noun_body", "verb_body", "clause", "asker", "opener", "suffix")  # the held-out kinds
 
 
@@ -166,9 +168,56 @@ def with_noise(question, name, words, rng, most=3):
     return noisy if len(noisy) <= MAX_CHARS else question
 
 
+def noisy_copies(examples, words, most=3, seed=0):
+    """with_noise of every question about a person, 1..most words drawn from `words` (seeded)."""
+    rng = random.Random(seed)
+    return [{**ex, "question": with_noise(ex["question"], ex["name"], words, rng, most)}
+            for ex in examples if ex["content"]]
+
+
+def _word_categories(examples):
+    """word of the phrasing (names left out) -> Counter of the categories of the questions it is in."""
+    counts = collections.defaultdict(collections.Counter)
+    for ex in examples:
+        for word in ex["question"].replace(ex["name"], " ").split():
+            counts[word.strip("?.,!:").lower()][ex["category"]] += 1
+    counts.pop("", None)
+    return counts
+
+
 def phrasing_words(examples, min_count=20):
     """The words of the questions (names left out) that occur at least min_count times: the
     phrasing's words, not its typos."""
-    counts = collections.Counter(word.strip("?.,!:").lower() for ex in examples
-                                 for word in ex["question"].replace(ex["name"], " ").split())
-    return sorted(w for w, n in counts.items() if w and n >= min_count)
+    return sorted(w for w, c in _word_categories(examples).items() if c.total() >= min_count)
+
+
+def neutral_words(examples, min_count=20, max_share=0.3):
+    """The phrasing words that do not tell the field: no category holds more than max_share of
+    their uses (a word spread evenly over the six holds 1/6; "tell", "please", "a" do, "fun" and
+    "film" do not)."""
+    return sorted(w for w, c in _word_categories(examples).items()
+                  if c.total() >= min_count and max(c.values()) <= max_share * c.total())
+
+
+def held_out_words():
+    """Every word of a held-out part (lower case, punctuation stripped)."""
+    parts = [NOUNS, VERB_BODIES, CLAUSES]
+    texts = [t for lists in parts for families in lists.values() for t in families[1]]
+    texts += [t for families in (NOUN_BODIES, ASKERS, OPENERS, SUFFIXES) for t in families[1]]
+    return {w.strip("?.,!:").lower() for t in texts for w in t.replace("{name}", " ").replace("{noun}", " ").split()}
+
+
+def filler_words(examples, lexicon):
+    """Words to put into a question that do not change which field it asks for: its neutral
+    phrasing words, and words of everyday English (lexicon) that are not phrasing words at all
+    (so none that tells a field) and not in any held-out part (so the paraphrase split still
+    asks with words training never showed)."""
+    phrasing = set(_word_categories(examples))
+    everyday = {w.lower() for w in lexicon} - phrasing - held_out_words()
+    return sorted(set(neutral_words(examples)) | everyday)
+
+
+def mask_name(question, name):
+    """The question with its (first) name replaced by NAME_MASK, for a module that must read the
+    phrasing only."""
+    return question.replace(name, NAME_MASK, 1) if name else question

@@ -88,6 +88,19 @@ def test_noisy_ner_questions_keep_the_name_and_add_only_given_words():
             assert noisy.replace(name, "").count("'s") == question.replace(name, "").count("'s")  # "'s" stays on the name
 
 
+def test_neutral_words_are_those_spread_over_the_fields():
+    fields = {"job": "work", "city": "town", "movie": "film", "song": "tune", "hobby": "pastime", "uni": "college"}
+    examples = [{"question": f"Please tell me {name}'s {word}?", "name": name, "category": category}
+                for category, word in fields.items() for name in ("Ada Vance", "bruno cruz") * 15]
+    examples += [{"question": "So, where does Ada Vance live?", "name": "Ada Vance", "category": "city"}] * 30
+    assert questions.neutral_words(examples) == ["'s", "me", "please", "tell"]  # "so": only ever in a city question
+    assert set(questions.phrasing_words(examples)) == {"'s", "me", "please", "tell", "so", "where", "does", "live",
+                                                       *fields.values()}
+    # everyday words join them, except phrasing words that tell a field and words of held-out parts
+    assert questions.filler_words(examples, ["Sister", "table", "film", "so", "Cheers"]) == \
+        ["'s", "me", "please", "table", "tell"]
+
+
 def test_constraints_only_allow_spans_and_options():
     tok = data.load_tokenizer("char")
 
@@ -232,6 +245,8 @@ def test_datasets_count_only_the_answer(folder):
         counted = batch["targets"][row][batch["targets"][row] != data.IGNORE_INDEX].tolist()
         assert counted == tok.encode(ex["summary"]).ids + [data.EOT_ID]  # the answer span and its end
         assert tok.decode([i for i in batch["source"][row].tolist() if i != data.PAD_ID]) == ex["content"]
+        read = tok.decode(task.valid[row]["tokens"][1:])  # after the leading EOT: what the decoder reads
+        assert read.startswith(ex["question"].replace(ex["name"], questions.NAME_MASK) + "\n") and ex["name"] not in read
         n = len(task.valid[row]["tokens"])
         assert (batch["tokens"][row, n:] == data.PAD_ID).all()
     assert task.batch_tokens(batch) == sum(len(ex["summary"]) + 1 for ex in examples)
@@ -250,7 +265,8 @@ def tiny_modules(folder, tmp_path_factory):
                                                  **encoder, num_q_heads=2, num_kv_heads=2, head_dim=16,
                                                  max_steps=6, eval_interval=3, checkpoint_interval=3, batch_size=8,
                                                  device="cpu", autocast="off")
-        train.train(model_cfg, train_cfg, progress=False)
+        readme = open(os.path.join(train.train(model_cfg, train_cfg, progress=False), "README.md")).read()
+        assert "`momem_" in readme and "MoMeM's generated people data in" in readme and "python -m momem ask" in readme
     return out
 
 
