@@ -175,12 +175,17 @@ def noisy_copies(examples, words, most=3, seed=0):
             for ex in examples if ex["content"]]
 
 
+def _plain(word):
+    """A word as the word lists compare it: lower case, without the punctuation around it."""
+    return word.strip("?.,!:").lower()
+
+
 def _word_categories(examples):
     """word of the phrasing (names left out) -> Counter of the categories of the questions it is in."""
     counts = collections.defaultdict(collections.Counter)
     for ex in examples:
         for word in ex["question"].replace(ex["name"], " ").split():
-            counts[word.strip("?.,!:").lower()][ex["category"]] += 1
+            counts[_plain(word)][ex["category"]] += 1
     counts.pop("", None)
     return counts
 
@@ -204,7 +209,7 @@ def held_out_words():
     parts = [NOUNS, VERB_BODIES, CLAUSES]
     texts = [t for lists in parts for families in lists.values() for t in families[1]]
     texts += [t for families in (NOUN_BODIES, ASKERS, OPENERS, SUFFIXES) for t in families[1]]
-    return {w.strip("?.,!:").lower() for t in texts for w in t.replace("{name}", " ").replace("{noun}", " ").split()}
+    return {_plain(w) for t in texts for w in t.replace("{name}", " ").replace("{noun}", " ").split()}
 
 
 def filler_words(examples, lexicon):
