@@ -66,11 +66,12 @@ def recipe_configs(base_dir, recipe, fraction, seed, folder=SPEEDRUNS, lrs=None)
     return presets.check(model_cfg, train_cfg)
 
 
-def reference_run(base_dir, seed, progress, folder=SPEEDRUNS, lrs=None):
-    """AdamW at the full schedule for this seed: the base run itself when it is exactly that."""
+def reference_run(base_dir, seed, progress, folder=SPEEDRUNS, lrs=None, reuse_base=True):
+    """AdamW at the full schedule for this seed: the base run itself when it is exactly that and
+    `reuse_base` (False: trained here, so that precision and wall-clock are this machine's too)."""
     model_cfg, train_cfg = recipe_configs(base_dir, "adamw", 1.0, seed, folder, lrs)
     same = not runs.changed_fields(base_dir, model_cfg, train_cfg, ignore=("name", "out_dir"))
-    if same and os.path.isfile(os.path.join(base_dir, "README.md")):
+    if reuse_base and same and os.path.isfile(os.path.join(base_dir, "README.md")):
         return base_dir
     return trained(model_cfg, train_cfg, progress)
 
@@ -91,11 +92,12 @@ def evaluated(folder, seen):
     return seen[folder]
 
 
-def speedrun(base_dir, recipes, fractions, seeds, target, progress=True, folder=SPEEDRUNS, lrs=None):
+def speedrun(base_dir, recipes, fractions, seeds, target, progress=True, folder=SPEEDRUNS, lrs=None,
+             reuse_base=True):
     """Train what is missing and return the table of rows (dicts) described in the docstring."""
     rows, seen = [], {}
     for seed in seeds:
-        reference = reference_run(base_dir, seed, progress, folder, lrs)
+        reference = reference_run(base_dir, seed, progress, folder, lrs, reuse_base)
         ref_losses, ref_last = evaluated(reference, seen)
         for recipe in recipes:
             for fraction in sorted(fractions):
@@ -154,6 +156,8 @@ def main():
                    "tune it with hparam_search.py --set optimizer=muon --space lr=log:...)")
     p.add_argument("--adamw_lr", type=float, default=None, help="peak lr of AdamW, the reference included (default: "
                    "the base's, and the base run is the reference)")
+    p.add_argument("--train_reference", action="store_true", help="train AdamW at the full schedule here even "
+                   "where the base run is that recipe (a base trained elsewhere may have run in another precision)")
     p.add_argument("--no_progress", action="store_true")
     args = p.parse_args()
     try:
@@ -164,7 +168,7 @@ def main():
         target = args.target if args.target is not None else float(base_run.last["val_loss"])
         seeds = args.seeds or [runs.load_configs(base)[1].seed]
         rows = speedrun(base, args.recipes, args.fractions, seeds, target, not args.no_progress,
-                        lrs={"adamw": args.adamw_lr, "muon": args.muon_lr})
+                        lrs={"adamw": args.adamw_lr, "muon": args.muon_lr}, reuse_base=not args.train_reference)
     except (*tools.USER_ERRORS, KeyboardInterrupt) as e:
         tools.fail(e)
     text = report(rows, target)

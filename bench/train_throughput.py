@@ -4,6 +4,11 @@
     python bench/train_throughput.py --presets llama_1m,mm_1m,fha_1m --modes "eager fp32,compiled + bf16"
     python bench/train_throughput.py --modes "compiled fp32 det" --optimizers adamw,muon   # Muon's extra cost
 
+With muon among --optimizers it also times, per preset, Muon's orthogonalisation alone: torch's
+own Newton-Schulz (torch.optim.Muon's, 5 steps, in bf16 as Muon runs it) over the model's Muon
+matrices, i.e. its seconds per training step, and one bf16 against one fp32 matmul of the
+largest of those shapes (CPUs without native bf16 emulate it: that ratio is the price).
+
 Machines here are shared and noisy: compare the ratios printed at the end (all measured in this
 one run), not absolute figures across runs. Uses random tokens: data loading is not timed.
 """
@@ -18,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import presets  # noqa: E402
 import tools  # noqa: E402
 from modules import build_model  # noqa: E402
-from train import make_optimizer  # noqa: E402
+from train import make_optimizer, muon_matrices  # noqa: E402
 from timing import median_time  # noqa: E402
 
 # mode -> (bf16 autocast, torch.compile, deterministic algorithms: what train.py sets on CPU)
@@ -49,6 +54,22 @@ def measure(preset, use_autocast, use_compile, deterministic, steps, batch_size,
     return batch_size * model_cfg.max_seq_len / median_time(step, steps, warmup)
 
 
+def orthogonalisation_seconds(preset, steps, warmup):
+    """(seconds of torch.optim.Muon's Newton-Schulz over all of a preset's Muon matrices, per
+    step; bf16 over fp32 matmul time at the largest such shape), on the CPU-side shapes."""
+    from torch.optim._muon import _zeropower_via_newtonschulz  # Muon's own; private, so benchmarks only
+    model_cfg, _ = presets.get_preset(preset)
+    shapes = [tuple(p.shape) for p in muon_matrices(build_model(model_cfg))]
+    grads = [torch.randn(shape) for shape in shapes]
+    ns = median_time(lambda: [_zeropower_via_newtonschulz(g, (3.4445, -4.775, 2.0315), 5, 1e-7) for g in grads],
+                     steps, warmup)
+    rows, cols = max(shapes, key=lambda s: s[0] * s[1])
+    a, b = torch.randn(min(rows, cols), max(rows, cols)), torch.randn(max(rows, cols), min(rows, cols))
+    fp32 = median_time(lambda: a @ b, steps * 10, warmup)
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    return ns, median_time(lambda: a16 @ b16, steps * 10, warmup) / fp32, len(shapes)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default="llama_1m", help="comma-separated preset names")
@@ -76,6 +97,12 @@ def main():
                 results[preset, mode, opt] = measure(preset, *MODES[mode], args.steps, args.batch_size, args.warmup,
                                                      device, opt)
                 print(f"  {preset:<16} {mode:<16} {opt:<6} {results[preset, mode, opt]:>10,.0f} tokens/s", flush=True)
+    if "muon" in optimizers:
+        print("Muon's orthogonalisation alone (torch's bf16 Newton-Schulz, 5 steps, on the CPU):")
+        for preset in names:
+            ns, bf16_over_fp32, count = orthogonalisation_seconds(preset, args.steps, args.warmup)
+            print(f"  {preset:<16} {ns * 1e3:8.1f} ms per step over {count} matrices; a bf16 matmul takes "
+                  f"{bf16_over_fp32:.1f}x an fp32 one of the largest shape here")
     print("ratios (same run):")
     for (preset, mode, opt), tps in results.items():
         base = results.get((preset, "eager fp32", opt))

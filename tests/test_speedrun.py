@@ -34,3 +34,11 @@ def test_tiny_speedrun_reuses_the_base_and_resumes(tiny_run, tmp_path):
     again = speedrun.speedrun(tiny_run, ["muon"], [0.5], [seed], target=0.0, progress=False, folder=str(tmp_path))
     assert os.path.getmtime(os.path.join(folder, "model.safetensors")) == stamp  # finished: skipped
     assert again[0]["val_loss"] == rows[2]["val_loss"] and not again[0]["reached"]
+
+
+def test_tiny_speedrun_trains_the_reference_here_when_asked(tiny_run, tmp_path):
+    seed = speedrun.runs.load_configs(tiny_run)[1].seed
+    rows = speedrun.speedrun(tiny_run, ["adamw"], [1.0], [seed], target=99.0, progress=False, folder=str(tmp_path),
+                             reuse_base=False)
+    assert rows[0]["trained_here"] and rows[0]["delta"] == 0  # AdamW trained here is its own reference
+    assert os.path.isfile(os.path.join(tmp_path, os.path.basename(tiny_run), f"adamw_f1_s{seed}", "README.md"))
