@@ -110,15 +110,19 @@ def speedrun(base_dir, recipes, fractions, seeds, target, progress=True, folder=
                              "tokens": int(last["tokens"]), "minutes": last["elapsed_s"] / 60,
                              "tokens_per_s": last["tokens"] / last["elapsed_s"], "val_loss": float(last["val_loss"]),
                              "delta": delta, "delta_se": se, "reached": bool(last["val_loss"] <= target),
-                             "ref_tokens": int(ref_last["tokens"]), "trained_here": run_folder != base_dir})
+                             "ref_tokens": int(ref_last["tokens"]), "trained_here": run_folder != base_dir,
+                             "ref_tokens_per_s": ref_last["tokens"] / ref_last["elapsed_s"] if reference != base_dir
+                             else math.nan})
     return rows
 
 
 def smallest_reaching(rows):
     """Per recipe and seed: the smallest fraction whose run reaches the target, its tokens against
     the reference's, and its wall-clock against the reference's tokens at AdamW's tokens/s as
-    measured by the AdamW runs trained here (a reused base run was timed elsewhere)."""
-    adamw_rates = sorted(r["tokens_per_s"] for r in rows if r["recipe"] == "adamw" and r["trained_here"])
+    measured by the AdamW runs trained here, the reference among them even where it is not a row
+    (a reused base run was timed elsewhere)."""
+    adamw_rates = sorted([r["tokens_per_s"] for r in rows if r["recipe"] == "adamw" and r["trained_here"]]
+                         or [r["ref_tokens_per_s"] for r in rows if not math.isnan(r["ref_tokens_per_s"])])
     adamw_rate = adamw_rates[len(adamw_rates) // 2] if adamw_rates else math.nan
     out = []
     for recipe, seed in dict.fromkeys((r["recipe"], r["seed"]) for r in rows):
@@ -132,7 +136,7 @@ def smallest_reaching(rows):
 
 def report(rows, target):
     import pandas as pd
-    table = pd.DataFrame(rows).drop(columns=["ref_tokens", "trained_here"])
+    table = pd.DataFrame(rows).drop(columns=["ref_tokens", "trained_here", "ref_tokens_per_s"])
     reached = pd.DataFrame(smallest_reaching(rows))
     formats = {"seed": "{}", "steps": "{:,}", "tokens": "{:,}", "minutes": "{:.1f}", "tokens_per_s": "{:,.0f}",
                "fraction": "{:g}", "reached": "{}"}

@@ -38,7 +38,9 @@ def test_tiny_speedrun_reuses_the_base_and_resumes(tiny_run, tmp_path):
 
 def test_tiny_speedrun_trains_the_reference_here_when_asked(tiny_run, tmp_path):
     seed = speedrun.runs.load_configs(tiny_run)[1].seed
-    rows = speedrun.speedrun(tiny_run, ["adamw"], [1.0], [seed], target=99.0, progress=False, folder=str(tmp_path),
+    rows = speedrun.speedrun(tiny_run, ["muon"], [0.5], [seed], target=99.0, progress=False, folder=str(tmp_path),
                              reuse_base=False)
-    assert rows[0]["trained_here"] and rows[0]["delta"] == 0  # AdamW trained here is its own reference
     assert os.path.isfile(os.path.join(tmp_path, os.path.basename(tiny_run), f"adamw_f1_s{seed}", "README.md"))
+    assert rows[0]["delta"] != 0 and rows[0]["ref_tokens_per_s"] > 0  # paired with AdamW trained here
+    best = speedrun.smallest_reaching(rows)[0]  # wall-clock against that reference, though it is not a row
+    assert best["tokens_ratio"] == 0.5 and best["wall_ratio"] > 0
