@@ -10,7 +10,9 @@ trains at fractions of the base's schedule: the whole cosine schedule shortened 
 evaluation and checkpoint intervals scaled with it), not a truncated run. Each run is a normal
 run folder, trained/speedrun/BASE/RECIPE_fFRACTION_sSEED, skipped when finished and resumed when
 interrupted, so the benchmark resumes where it stopped. AdamW at the full schedule is the
-reference: the base run itself where its configs are that recipe's (no retraining), else trained.
+reference: the base run itself where its configs are that recipe's (no retraining) and
+--train_reference is not given, else trained, after the recipes. So two lanes can share a machine:
+one with --recipes adamw --fractions 1 (the reference), one with the other recipes.
 
 Printed (and written to trained/speedrun/BASE/summary.md): per recipe, fraction and seed the
 steps, tokens, wall-clock and final validation loss, the difference to the reference on the
@@ -97,22 +99,24 @@ def speedrun(base_dir, recipes, fractions, seeds, target, progress=True, folder=
     """Train what is missing and return the table of rows (dicts) described in the docstring."""
     rows, seen = [], {}
     for seed in seeds:
+        # the recipes first, the reference last: one process per recipe can then share a machine,
+        # and one that reaches the reference while another trains it stops with the lock's message
+        runs_of = {(recipe, fraction): None if recipe == "adamw" and fraction == 1 else
+                   trained(*recipe_configs(base_dir, recipe, fraction, seed, folder, lrs), progress)
+                   for recipe in recipes for fraction in sorted(fractions)}
         reference = reference_run(base_dir, seed, progress, folder, lrs, reuse_base)
         ref_losses, ref_last = evaluated(reference, seen)
-        for recipe in recipes:
-            for fraction in sorted(fractions):
-                model_cfg, train_cfg = recipe_configs(base_dir, recipe, fraction, seed, folder, lrs)
-                run_folder = reference if recipe == "adamw" and fraction == 1 else trained(model_cfg, train_cfg,
-                                                                                           progress)
-                losses, last = evaluated(run_folder, seen)
-                delta, se = metrics.mean_and_se(losses - ref_losses)
-                rows.append({"recipe": recipe, "fraction": fraction, "seed": seed, "steps": int(last["step"]),
-                             "tokens": int(last["tokens"]), "minutes": last["elapsed_s"] / 60,
-                             "tokens_per_s": last["tokens"] / last["elapsed_s"], "val_loss": float(last["val_loss"]),
-                             "delta": delta, "delta_se": se, "reached": bool(last["val_loss"] <= target),
-                             "ref_tokens": int(ref_last["tokens"]), "trained_here": run_folder != base_dir,
-                             "ref_tokens_per_s": ref_last["tokens"] / ref_last["elapsed_s"] if reference != base_dir
-                             else math.nan})
+        for (recipe, fraction), run_folder in runs_of.items():
+            run_folder = run_folder or reference
+            losses, last = evaluated(run_folder, seen)
+            delta, se = metrics.mean_and_se(losses - ref_losses)
+            rows.append({"recipe": recipe, "fraction": fraction, "seed": seed, "steps": int(last["step"]),
+                         "tokens": int(last["tokens"]), "minutes": last["elapsed_s"] / 60,
+                         "tokens_per_s": last["tokens"] / last["elapsed_s"], "val_loss": float(last["val_loss"]),
+                         "delta": delta, "delta_se": se, "reached": bool(last["val_loss"] <= target),
+                         "ref_tokens": int(ref_last["tokens"]), "trained_here": run_folder != base_dir,
+                         "ref_tokens_per_s": ref_last["tokens"] / ref_last["elapsed_s"] if reference != base_dir
+                         else math.nan})
     return rows
 
 
