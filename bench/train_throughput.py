@@ -58,11 +58,13 @@ def orthogonalisation_seconds(preset, steps, warmup):
     """(seconds of torch.optim.Muon's Newton-Schulz over all of a preset's Muon matrices, per
     step; bf16 over fp32 matmul time at the largest such shape), on the CPU-side shapes."""
     from torch.optim._muon import _zeropower_via_newtonschulz  # Muon's own; private, so benchmarks only
-    model_cfg, _ = presets.get_preset(preset)
-    shapes = [tuple(p.shape) for p in muon_matrices(build_model(model_cfg))]
+    model_cfg, train_cfg = presets.get_preset(preset)
+    model = build_model(model_cfg)
+    muon = make_optimizer(model, dataclasses.replace(train_cfg, optimizer="muon"), torch.device("cpu")).optimizers["muon"]
+    settings = [muon.defaults[k] for k in ("ns_coefficients", "ns_steps", "eps")]  # what training runs
+    shapes = [tuple(p.shape) for p in muon_matrices(model)]
     grads = [torch.randn(shape) for shape in shapes]
-    ns = median_time(lambda: [_zeropower_via_newtonschulz(g, (3.4445, -4.775, 2.0315), 5, 1e-7) for g in grads],
-                     steps, warmup)
+    ns = median_time(lambda: [_zeropower_via_newtonschulz(g, *settings) for g in grads], steps, warmup)
     rows, cols = max(shapes, key=lambda s: s[0] * s[1])
     a, b = torch.randn(min(rows, cols), max(rows, cols)), torch.randn(max(rows, cols), min(rows, cols))
     fp32 = median_time(lambda: a @ b, steps * 10, warmup)
