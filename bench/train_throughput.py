@@ -5,8 +5,8 @@
     python bench/train_throughput.py --modes "compiled fp32 det" --optimizers adamw,muon   # Muon's extra cost
 
 With muon among --optimizers it also times, per preset, Muon's orthogonalisation alone: torch's
-own Newton-Schulz (torch.optim.Muon's, 5 steps, in bf16 as Muon runs it) over the model's Muon
-matrices, i.e. its seconds per training step, and one bf16 against one fp32 matmul of the
+own Newton-Schulz (torch.optim.Muon's, in bf16 and with the settings the trainer's Muon has) over
+the matrices it holds, i.e. its seconds per training step, and one bf16 against one fp32 matmul of the
 largest of those shapes (CPUs without native bf16 emulate it: that ratio is the price).
 
 Machines here are shared and noisy: compare the ratios printed at the end (all measured in this
@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import presets  # noqa: E402
 import tools  # noqa: E402
 from modules import build_model  # noqa: E402
-from train import make_optimizer, muon_matrices  # noqa: E402
+from train import make_optimizer  # noqa: E402
 from timing import median_time  # noqa: E402
 
 # mode -> (bf16 autocast, torch.compile, deterministic algorithms: what train.py sets on CPU)
@@ -62,7 +62,7 @@ def orthogonalisation_seconds(preset, steps, warmup):
     model = build_model(model_cfg)
     muon = make_optimizer(model, dataclasses.replace(train_cfg, optimizer="muon"), torch.device("cpu")).optimizers["muon"]
     settings = [muon.defaults[k] for k in ("ns_coefficients", "ns_steps", "eps")]  # what training runs
-    shapes = [tuple(p.shape) for p in muon_matrices(model)]
+    shapes = [tuple(p.shape) for group in muon.param_groups for p in group["params"]]
     grads = [torch.randn(shape) for shape in shapes]
     ns = median_time(lambda: [_zeropower_via_newtonschulz(g, *settings) for g in grads], steps, warmup)
     rows, cols = max(shapes, key=lambda s: s[0] * s[1])
@@ -100,7 +100,7 @@ def main():
                                                      device, opt)
                 print(f"  {preset:<16} {mode:<16} {opt:<6} {results[preset, mode, opt]:>10,.0f} tokens/s", flush=True)
     if "muon" in optimizers:
-        print("Muon's orthogonalisation alone (torch's bf16 Newton-Schulz, 5 steps, on the CPU):")
+        print("Muon's orthogonalisation alone (torch's bf16 Newton-Schulz, the trainer's settings, on the CPU):")
         for preset in names:
             ns, bf16_over_fp32, count = orthogonalisation_seconds(preset, args.steps, args.warmup)
             print(f"  {preset:<16} {ns * 1e3:8.1f} ms per step over {count} matrices; a bf16 matmul takes "
