@@ -201,16 +201,18 @@ def make_storage(folder, kind):
     return f"sqlite:///{os.path.join(folder, 'study.db')}"
 
 
-def open_study(study, storage_kind, folder=None, retry_running=True):
+def open_study(study, storage_kind, folder=None, retry_running=True, worker=0):
     """Create or load the study (in trained/sweeps/STUDY unless folder); with retry_running, trials
-    a crash left RUNNING are failed and their parameters queued again."""
+    a crash left RUNNING are failed and their parameters queued again. The sampler's seed is the
+    worker's index and the trials already held, so neither parallel workers nor a resumed study
+    draw the same values again (one fixed seed repeats its first random draws in every process)."""
     import optuna
     from optuna.trial import TrialState
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(folder or os.path.join(SWEEPS, study), storage_kind)
     study_obj = optuna.create_study(study_name=study, storage=storage, direction="minimize",
-                                    load_if_exists=True, pruner=optuna.pruners.MedianPruner(n_startup_trials=2),
-                                    sampler=optuna.samplers.TPESampler(seed=0))
+                                    load_if_exists=True, pruner=optuna.pruners.MedianPruner(n_startup_trials=2))
+    study_obj.sampler = optuna.samplers.TPESampler(seed=len(study_obj.trials) + 10_000 * worker)
     for t in study_obj.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if retry_running else []:
         study_obj._storage.set_trial_user_attr(t._trial_id, "error", "interrupted; retried")
         study_obj._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
@@ -258,7 +260,7 @@ def search(study, preset, space, trials, tokens, fixed=None, workers=1, memory_l
         for i, n in enumerate(w for w in per_worker if w):
             env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus else {}))
             cmd = [sys.executable, os.path.abspath(__file__), "--_worker", "--study", study, "--preset", preset,
-                   "--study_dir", os.path.join(SWEEPS, study),
+                   "--study_dir", os.path.join(SWEEPS, study), "--worker", str(i),
                    "--trials", str(n), "--tokens", str(tokens), "--storage", storage,
                    "--fixed_json", json.dumps(fixed or {}), "--space_json", json.dumps(space),
                    "--memory_limit_gb", str(limit / 2**30 / workers), "--child_overhead_gb", str(child_overhead_gb)]
@@ -366,7 +368,7 @@ def main(argv=None):
     for hidden in ("--_child", "--_worker"):
         p.add_argument(hidden, action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--trial_id", "--objective", "--model_cfg", "--train_cfg", "--fixed_json", "--space_json",
-                   "--study_dir"):
+                   "--study_dir", "--worker"):
         p.add_argument(hidden, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._child:
@@ -376,7 +378,8 @@ def main(argv=None):
         if args._worker:
             space = {k: tuple(v) for k, v in json.loads(args.space_json).items()}
             fixed = json.loads(args.fixed_json)
-            study_obj = open_study(args.study, args.storage, args.study_dir, retry_running=False)
+            study_obj = open_study(args.study, args.storage, args.study_dir, retry_running=False,
+                                   worker=int(args.worker))
             run_args = argparse.Namespace(study=args.study, preset=args.preset, fixed=fixed, tokens=args.tokens,
                                           storage=args.storage, child_overhead_gb=args.child_overhead_gb,
                                           study_dir=args.study_dir)

@@ -137,3 +137,18 @@ def test_two_workers_share_one_study(sweeps):
     assert os.path.isfile(sweeps / "pair" / "study.journal")  # several processes: Optuna's journal storage
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 2 and len({t.user_attrs["run"] for t in done}) == 2
+    assert done[0].params["lr"] != done[1].params["lr"]  # each worker draws its own values
+
+
+def test_a_resumed_study_and_a_second_worker_draw_new_values(sweeps):
+    # one fixed sampler seed would repeat a new process's first random draws: a resumed study would
+    # retrain its first trials' values, and two workers started together would train the same ones
+    lr = {"lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)}
+    first = hs.open_study("draws", "journal", str(sweeps / "draws"))
+    trial = first.ask(lr)
+    first.tell(trial, 1.0)
+    worker = hs.open_study("draws", "journal", str(sweeps / "draws"), retry_running=False, worker=1)
+    second_worker = worker.ask(lr)
+    worker.tell(second_worker, 2.0)
+    resumed = hs.open_study("draws", "journal", str(sweeps / "draws")).ask(lr)
+    assert len({trial.params["lr"], second_worker.params["lr"], resumed.params["lr"]}) == 3
