@@ -172,8 +172,8 @@ def main():
         base = runs.find_run(args.base)
         if not os.path.isfile(os.path.join(base, "train_config.json")):
             raise FileNotFoundError(f"--base {args.base!r} is not a run folder (it needs train_config.json)")
-        base_run = runs.read_run(base)
-        target = args.target if args.target is not None else float(base_run.last["val_loss"])
+        # with --target the base needs only its configs (its training may live elsewhere)
+        target = args.target if args.target is not None else float(runs.read_run(base).last["val_loss"])
         seeds = args.seeds or [runs.load_configs(base)[1].seed]
         rows = speedrun(base, args.recipes, args.fractions, seeds, target, not args.no_progress,
                         lrs={"adamw": args.adamw_lr, "muon": args.muon_lr}, reuse_base=not args.train_reference)
