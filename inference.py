@@ -169,6 +169,8 @@ def generate(model, tokenizer, prompts, max_new_tokens=200, temperature=1.0, top
     allowed ids can come next (e.g. MoMeM's NER may only copy a span of its question)."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} is invalid: must be a positive integer")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= config.MAX_SEED):
+        raise ValueError(f"seed={seed!r} is invalid: must be None or an integer in [0, 2**63 - 1 = {config.MAX_SEED}]")
     device = next(model.parameters()).device
     if compile and not use_cache:
         raise ValueError("compile=True needs use_cache=True: the compiled step decodes from the KV cache")

@@ -28,29 +28,10 @@ PRESETS = {
                     mlp_gated=False, mlp_hidden_mult=3.0, norm_type="layernorm", norm_bias=True, linear_bias=True,
                     pos_encoding="learned", scale_embedding=False, tie_embeddings=True, tokenizer="bpe2048",
                     max_seq_len=512),
-    # Fractal-Head Attention sized like the original shipped model (3 query heads: 1x64, 2x32, 4x16)
-    "fha_1m": dict(model_type="fha", dim=64, num_layers=4, num_q_heads=3, num_kv_heads=1, head_dim=64,
-                   fractal_split=2, mlp_gated=True, mlp_activation="silu", mlp_hidden_mult=8.0, tokenizer="bpe2048",
-                   max_seq_len=512),
-    # its fair control: identical except split 1 (three ordinary 64-wide heads)
-    "fha_1m_control": dict(model_type="fha", dim=64, num_layers=4, num_q_heads=3, num_kv_heads=1, head_dim=64,
-                           fractal_split=1, mlp_gated=True, mlp_activation="silu", mlp_hidden_mult=8.0,
-                           tokenizer="bpe2048", max_seq_len=512),
-    # Memory Mosaics with llama_1m's width, depth and tokenizer; 384 persistent slots per head make
-    # its parameter count match llama_1m (LayerNorm without bias and no positions, as the reference)
-    "mm_1m": dict(model_type="mm", dim=128, num_layers=4, num_q_heads=2, head_dim=0,
-                  mm_pmem_size=384, norm_type="layernorm", norm_bias=False, norm_eps=1e-5, pos_encoding="none",
-                  scale_embedding=False, tie_embeddings=True, tokenizer="bpe2048", max_seq_len=512),
     # a few-thousand-parameter model for tests, notebooks in CI, and reading shape traces
     "tiny": dict(dim=32, num_layers=2, num_q_heads=2, num_kv_heads=1, head_dim=16, max_seq_len=64,
                  tokenizer="bpe512", mlp_hidden_mult=2.0),
 }
-
-# FutureFormer on llama_1m's trunk: chunks t+4..t+7 predicted after layer 1, t+2..t+3 after layer 2
-PRESETS["ff_1m"] = dict(PRESETS["llama_1m"], model_type="ff", ff_scales=2, ff_mult=2, ff_window="disjoint",
-                        ff_target="mean", ff_loss="cos", ff_lambda=0.5)
-# its control: the same model and parameters, trained on the next-token loss alone (lambda 0)
-PRESETS["ff_1m_control"] = dict(PRESETS["ff_1m"], ff_lambda=0.0)
 
 # GPU-sized baselines for the full TinyStories (hub or a local copy): llama2.c's stories15M shape
 # (dim 288, 6 layers, 6 heads, context 256; its SwiGLU width is also 768) on our largest BPE, and a
@@ -71,6 +52,12 @@ PRESETS["momem_ner"] = dict(_MOMEM_TRAIN, num_layers=4, max_seq_len=208, dataset
 PRESETS["momem_summary"] = dict(_MOMEM_TRAIN, model_type="encdec", num_layers=2, encoder_layers=2, max_seq_len=256,
                                 dataset="momem_summary", batch_size=32, max_steps=1500)
 PRESETS["momem_response"] = dict(PRESETS["momem_summary"], dataset="momem_response", max_steps=2000)
+
+# every architecture declares its own presets and parameter-matched controls in its file
+CONTROLS = {}  # a control takes its idea's sizes
+for _cls in modules.MODEL_REGISTRY.values():
+    PRESETS.update(_cls.presets)
+    CONTROLS.update(_cls.controls)
 
 
 def check(model_cfg, train_cfg=None):
@@ -122,13 +109,10 @@ def parse_size(size):
     return int(value)
 
 
-CONTROLS = {"fha_1m_control": "fha_1m", "ff_1m_control": "ff_1m"}  # a control takes its idea's sizes
-
-
 def sized(preset, size):
     """Overrides that take `preset` to about `size` non-embedding parameters: depth grows with
     the cube root of the ratio, width is then searched; every ratio to the width the preset fixes
-    (head_dim, Memory Mosaics' slots per head) is kept, and so are its heads, its MLP shape and
+    (head_dim, and the architecture's `width_fields`) is kept, and so are its heads, its MLP shape and
     every other knob. A control (CONTROLS) takes its idea's width and depth, so the pair stays
     parameter-matched at every size."""
     target = parse_size(size)
@@ -136,14 +120,16 @@ def sized(preset, size):
     base_kw = split_overrides(PRESETS[source])[0]
     base = ModelConfig(**base_kw)
     ratio = target / non_embedding_params(base)
-    floor = base.ff_scales + 1 if base.model_type == "ff" else 2  # FutureFormer needs a layer per scale
+    architecture = modules.MODEL_REGISTRY[base.model_type]
+    floor = architecture.depth_floor(base)
 
     def config_at(dim, layers):
         kw = {**base_kw, "dim": dim, "num_layers": layers}
         if base_kw.get("head_dim"):
             kw["head_dim"] = max(2, round(base.head_dim * dim / base.dim / 2) * 2)  # even, for RoPE
-        if base_kw.get("mm_pmem_size"):
-            kw["mm_pmem_size"] = max(1, round(base.mm_pmem_size * dim / base.dim))
+        for name in architecture.width_fields:
+            if base_kw.get(name):
+                kw[name] = max(1, round(getattr(base, name) * dim / base.dim))
         return ModelConfig(**kw)
 
     @functools.lru_cache(maxsize=None)
@@ -184,5 +170,5 @@ def sized(preset, size):
     if best is None or best[0] > 0.1:
         raise ValueError(f"size={size!r} is invalid for preset {preset!r}: no width and depth within 10% of "
                          f"{target:,} non-embedding parameters keeps its heads and ratios")
-    return {k: getattr(best[1], k) for k in ("dim", "num_layers", "head_dim", "mm_pmem_size")
+    return {k: getattr(best[1], k) for k in ("dim", "num_layers", "head_dim", *architecture.width_fields)
             if k in base_kw or k in ("dim", "num_layers")}

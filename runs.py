@@ -24,7 +24,7 @@ import config
 import data
 import presets
 import tools
-from modules import MODEL_REGISTRY, build_model, sizing
+from modules import MODEL_REGISTRY, build_model, flops_per_token
 
 
 TRAINED = os.path.join(config.ROOT, "trained")
@@ -152,6 +152,8 @@ def open_run(job, model_cfg, train_cfg, resume=False, overwrite=False, force=Fal
     with _locked(job, out):
         if resume and not os.path.isfile(os.path.join(out, "checkpoint.pt")):
             raise FileNotFoundError(f"cannot resume: no checkpoint.pt in {out}")
+        if resume and job.is_main:  # a save cut short by kill -9 leaves a checkpoint-sized temporary file
+            tools.remove_orphaned_temps(out)
         if not resume:
             if os.path.exists(out) and os.listdir(out) and not overwrite:
                 raise FileExistsError(f"run folder {out} already exists: resume it (--resume {out}), "
@@ -293,7 +295,7 @@ def read_run(run_dir):
     log = read_log(run_dir)
     total, embedding = tools.count_parameters(build_model(cfg))
     if "flops" not in log:  # logs written before the column was kept
-        log["flops"] = log["tokens"] * sizing.flops_per_token(total, cfg)
+        log["flops"] = log["tokens"] * flops_per_token(total, cfg)
     return SimpleNamespace(model_cfg=cfg, log=log, last=log.iloc[-1], best=log.loc[log["val_loss"].idxmin()],
                            params=total, non_embedding_params=total - embedding)
 

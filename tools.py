@@ -49,7 +49,7 @@ GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12
 
 def estimate_mfu(flops_per_token, tokens_per_s, device):
     """Model FLOPs utilisation as in nanoGPT's estimate_mfu: training FLOPs per token
-    (modules.sizing.flops_per_token) times tokens/s over the device's bf16 peak. None where the
+    (modules.flops_per_token) times tokens/s over the device's bf16 peak. None where the
     peak is unknown (CPUs, unlisted GPUs)."""
     if device.type != "cuda":
         return None
@@ -117,10 +117,11 @@ def seed_everything(seed):
 
 
 def count_parameters(model):
-    """(total, embedding) unique parameter counts; tied matrices are counted once."""
+    """(total, embedding) unique parameter counts; tied matrices are counted once. Embeddings are
+    the parameters the model's class names in `embedding_names`."""
     params = {id(p): (name, p) for name, p in model.named_parameters()}.values()
     total = sum(p.numel() for _, p in params)
-    embedding = sum(p.numel() for name, p in params if "embed" in name)
+    embedding = sum(p.numel() for name, p in params if name in model.embedding_names)
     return total, embedding
 
 
@@ -207,6 +208,30 @@ def atomic_save(save, path):
             os.remove(tmp)
         kept = "the previous version is kept" if os.path.exists(path) else "nothing was written"
         raise SaveError(f"could not write {path}: {reason} ({kept}); free some disk space and resume") from None
+
+
+def remove_orphaned_temps(folder):
+    """Delete the temporary files atomic_save left in folder when its process was killed mid-save
+    (`NAME.<pid>.tmp` of a pid no longer running); returns how many. Call it holding the
+    folder's lock, so no live writer is cut short."""
+    removed = 0
+    for name in os.listdir(folder):
+        stem, _, pid = name[:-len(".tmp")].rpartition(".") if name.endswith(".tmp") else ("", "", "")
+        if stem and pid.isdigit() and not _process_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(folder, name))
+                removed += 1
+    return removed
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 # --- command line: one line `error: ...`, exit code 2 ---------------------------------------------

@@ -32,7 +32,7 @@ import presets
 import runs
 import tools
 import trackers
-from modules import build_model, sizing
+from modules import build_model, flops_per_token
 
 LOG_COLUMNS = ["step", "tokens", "flops", "elapsed_s", "lr", "train_loss", "val_loss", "val_loss_se", "val_bpc",
                "tokens_per_s", "grad_norm"]
@@ -261,7 +261,7 @@ def build_run(model_cfg, train_cfg, job, device, out, on_eval):
         torch.manual_seed(train_cfg.seed + job.rank)
     return Run(model_cfg, train_cfg, job, device, out, dataset, model, optimizer,
                torch.Generator().manual_seed(train_cfg.seed), tools.autocast_enabled(train_cfg.autocast, device),
-               sizing.flops_per_token(tools.count_parameters(model)[0], model_cfg), on_eval=on_eval)
+               flops_per_token(tools.count_parameters(model)[0], model_cfg), on_eval=on_eval)
 
 
 def restore_state(run):

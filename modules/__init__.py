@@ -53,6 +53,11 @@ def estimate_training_memory(model_cfg, train_cfg):
     return sizing.training_memory(params, model_cfg, train_cfg)
 
 
+def flops_per_token(params, cfg):
+    """Training FLOPs per token of a model of `params` parameters (modules.sizing.flops_per_token)."""
+    return sizing.flops_per_token(params, cfg, MODEL_REGISTRY[cfg.model_type])
+
+
 def check_weights_fit(cfg, device=None):
     """ValueError unless the weights of cfg fit in the memory free on device (default: the CPU's)."""
     validate_config(cfg)

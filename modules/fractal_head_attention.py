@@ -132,6 +132,15 @@ class FractalHeadGPT(GPT):
 
     validate_config = staticmethod(validate_config)
     own_fields = ("fractal_split", "fractal_scale", "fractal_rope")
+    _fha_1m = dict(model_type="fha", dim=64, num_layers=4, num_q_heads=3, num_kv_heads=1, head_dim=64, fractal_split=2,
+                   mlp_gated=True, mlp_activation="silu", mlp_hidden_mult=8.0, tokenizer="bpe2048", max_seq_len=512)
+    presets = {
+        # sized like the original shipped model (3 query heads: 1x64, 2x32, 4x16)
+        "fha_1m": _fha_1m,
+        # its fair control: identical except split 1 (three ordinary 64-wide heads)
+        "fha_1m_control": dict(_fha_1m, fractal_split=1),
+    }
+    controls = {"fha_1m_control": "fha_1m"}
 
     def make_layer(self, cfg, layer_idx):
         return ResidualLayer(cfg, FractalHeadAttention(cfg, layer_idx))

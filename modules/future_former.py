@@ -126,6 +126,22 @@ class FutureFormer(GPT):
     validate_config = staticmethod(validate_config)
     own_fields = ("ff_scales", "ff_mult", "ff_window", "ff_target", "ff_loss", "ff_lambda")
     demo_overrides = {"ff_scales": 1}
+    # on llama_1m's trunk: chunks t+4..t+7 predicted after layer 1, t+2..t+3 after layer 2
+    _ff_1m = dict(model_type="ff", dim=128, num_layers=4, num_q_heads=2, num_kv_heads=1, head_dim=64,
+                  mlp_activation="silu", mlp_gated=True, mlp_hidden_mult=4.0, norm_type="rmsnorm", pos_encoding="rope",
+                  rope_theta=10000.0, tie_embeddings=True, tokenizer="bpe2048", max_seq_len=512,
+                  ff_scales=2, ff_mult=2, ff_window="disjoint", ff_target="mean", ff_loss="cos", ff_lambda=0.5)
+    presets = {
+        "ff_1m": _ff_1m,
+        # its control: the same model and parameters, trained on the next-token loss alone (lambda 0)
+        "ff_1m_control": dict(_ff_1m, ff_lambda=0.0),
+    }
+    controls = {"ff_1m_control": "ff_1m"}
+
+    @staticmethod
+    def depth_floor(cfg):
+        """A layer per future scale, plus the next-token layer."""
+        return cfg.ff_scales + 1
 
     def __init__(self, cfg):
         super().__init__(cfg)

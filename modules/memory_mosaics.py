@@ -28,7 +28,6 @@ from modules.attention import DecodeCache
 from modules.layer import ResidualLayer
 from modules.logging import LoggingModule, log_io
 from modules.model import GPT
-from modules.sizing import mosaics_weights_lower_bound, pmem_size
 
 SCALAR_MULT = 10.0  # per-head scalars are stored /10 and used x10
 EPS = 1e-10
@@ -45,6 +44,19 @@ def validate_config(cfg):
         raise ValueError(f"mm_pmem_size={cfg.mm_pmem_size!r} is invalid: must be 0 (parameter parity) or a positive integer")
     if cfg.mm_key_scale_max <= 0:
         raise ValueError(f"mm_key_scale_max={cfg.mm_key_scale_max} is invalid: must be > 0")
+
+
+def pmem_size(cfg):
+    """Persistent-memory slots per head. 0 in the config = parameter parity: P = 3.5 C, so the
+    block's 5 C x C matrices plus 2 P C slot parameters equal the 12 C^2 of a standard GPT block
+    (multi-head attention + 4C MLP), as in the paper."""
+    return cfg.mm_pmem_size or max(1, round(3.5 * cfg.dim))
+
+
+def weights_lower_bound(c):
+    """Values Memory Mosaics holds at least: per layer 5 dim x dim matrices (two key maps, values,
+    two outputs) and 2 x P x dim persistent slots; no MLP and no position table."""
+    return c.vocab_size * c.dim + c.num_layers * (5 * c.dim * c.dim + 2 * pmem_size(c) * c.dim)
 
 
 # --- the training path: every position at once -----------------------------------------------
@@ -245,7 +257,15 @@ class MemoryMosaics(GPT):
     # no position encoding
     ignored_fields = ("num_kv_heads", "mlp_activation", "mlp_gated", "mlp_hidden_mult", "rope_theta", "qk_norm")
     demo_overrides = {"mm_pmem_size": 8}
-    weights_lower_bound = staticmethod(mosaics_weights_lower_bound)
+    weights_lower_bound = staticmethod(weights_lower_bound)
+    width_fields = ("mm_pmem_size",)  # slots per head keep their ratio to dim when a preset is resized
+    presets = {
+        # llama_1m's width, depth and tokenizer; 384 persistent slots per head make its parameter count
+        # match llama_1m (LayerNorm without bias and no positions, as the reference)
+        "mm_1m": dict(model_type="mm", dim=128, num_layers=4, num_q_heads=2, head_dim=0, mm_pmem_size=384,
+                      norm_type="layernorm", norm_bias=False, norm_eps=1e-5, pos_encoding="none",
+                      scale_embedding=False, tie_embeddings=True, tokenizer="bpe2048", max_seq_len=512),
+    }
 
     def make_layer(self, cfg, layer_idx):
         return ResidualLayer(cfg, ContextMemory(cfg, layer_idx), mlp=PersistentMemory(cfg, layer_idx))

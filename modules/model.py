@@ -15,8 +15,10 @@ Contract kept by every architecture (see README, "Adding an architecture"):
       shape traces and generic tests); {} for a language model
 Declared on the class (read before a model exists): `validate_config(cfg)` (its knobs' checks),
 `own_fields` (config fields only it uses), `ignored_fields` (shared fields it does not use:
-setting them is an error), `demo_overrides` (presets.demo_config) and `weights_lower_bound`
-(modules/sizing.py).
+setting them is an error), `presets` and `controls` (gathered by presets.py), `demo_overrides`
+(presets.demo_config), the size hooks `depth_floor`, `width_fields`, `weights_lower_bound` and
+`mixer_flops_per_token` (modules/sizing.py, presets.sized), and `embedding_names` (what
+parameter counts call embeddings).
 """
 import math
 
@@ -28,7 +30,7 @@ from config import IGNORE_INDEX
 from modules.attention import Attention, KVCache, rope_frequencies
 from modules.layer import ResidualLayer, make_norm
 from modules.logging import LoggingModule, log_io
-from modules.sizing import baseline_weights_lower_bound
+from modules.sizing import attention_flops_per_token, baseline_weights_lower_bound
 
 
 def sinusoidal_table(max_len, dim, theta=10000.0):
@@ -43,6 +45,15 @@ class GPT(LoggingModule):
 
     own_fields, ignored_fields, demo_overrides = (), (), {}
     weights_lower_bound = staticmethod(baseline_weights_lower_bound)
+    mixer_flops_per_token = staticmethod(attention_flops_per_token)
+    presets, controls = {}, {}  # name -> config overrides, and control -> the preset it is matched to
+    width_fields = ()  # fields that scale with dim when a preset is resized (presets.sized)
+    embedding_names = ("embed.weight", "pos_embed.weight")  # parameters counted as embeddings
+
+    @staticmethod
+    def depth_floor(cfg):
+        """The fewest layers the architecture works with (presets.sized)."""
+        return 2
 
     @staticmethod
     def validate_config(cfg):

@@ -11,7 +11,9 @@ The fast code never materialises attention weights (scaled_dot_product_attention
 away), so `record_attention` watches every call of it while the model runs and recomputes the
 weights of that call explicitly: ordinary and grouped-query attention, each FHA level (its
 sub-heads are the heads of that call), Memory Mosaics' retrieval (query t+1 over keys <= t),
-its persistent memory (over slots, not positions) and cross-attention.
+its persistent memory (over slots, not positions) and cross-attention. A mixer without softmax
+attention (a state-space mixer, say) draws its own map: a module with `mixing_map(x) -> (B, heads, T, T)` rows
+summing to 1 is recorded after each of its calls.
 """
 import contextlib
 from dataclasses import dataclass
@@ -51,7 +53,11 @@ def record_attention(model):
 
     def leave(mod, args, out):  # returns None: the module's output stays as it is
         stack.pop()
+
+    def explicit_mixing(mod, args, out):  # a mixer that is no softmax attention draws its own map
+        maps.append(AttentionMap(names[mod], 0, mod.mixing_map(args[0]).detach().float().cpu(), True))
     hooks = [m.register_forward_pre_hook(enter) for m in names] + [m.register_forward_hook(leave) for m in names]
+    hooks += [m.register_forward_hook(explicit_mixing) for m in names if hasattr(m, "mixing_map")]
     original = F.scaled_dot_product_attention
 
     def spy(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):

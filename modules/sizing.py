@@ -2,9 +2,8 @@
 and training FLOPs per token. Nothing here allocates: sizes are decided before a model exists,
 so a config too large for the machine is refused in microseconds, not after minutes of swapping.
 
-An architecture may bring its own weights bound (a class attribute `weights_lower_bound`
-pointing at a function below) when the baseline's would be wrong for it. One FLOPs formula
-serves every architecture here (see flops_per_token).
+The formulas that depend on an architecture are hooks on its class: `weights_lower_bound`
+(the baseline's is below) and `mixer_flops_per_token` (attention's is below).
 """
 import math
 
@@ -35,25 +34,12 @@ def unbuilt_non_embedding(model_cls, cfg):
     return total - embedding
 
 
-def pmem_size(cfg):
-    """Memory Mosaics' persistent-memory slots per head. 0 in the config = parameter parity:
-    P = 3.5 C, so the block's 5 C x C matrices plus 2 P C slot parameters equal the 12 C^2 of a
-    standard GPT block (multi-head attention + 4C MLP), as in the paper."""
-    return cfg.mm_pmem_size or max(1, round(3.5 * cfg.dim))
-
-
 def baseline_weights_lower_bound(c):
     """Values (parameters and buffers) a GPT-family model holds at least: the embedding, every
     layer's attention and MLP matrices, and a position table."""
     mlp_matrices = 3 if c.mlp_gated else 2
     per_layer = (2 * c.num_q_heads + 2 * c.num_kv_heads) * c.head_dim * c.dim + mlp_matrices * c.dim * c.mlp_hidden_dim
     return c.vocab_size * c.dim + c.num_layers * per_layer + c.max_seq_len * c.head_dim
-
-
-def mosaics_weights_lower_bound(c):
-    """Values Memory Mosaics holds at least: per layer 5 dim x dim matrices (two key maps, values, two outputs) and
-    2 x P x dim persistent slots; no MLP and no position table."""
-    return c.vocab_size * c.dim + c.num_layers * (5 * c.dim * c.dim + 2 * pmem_size(c) * c.dim)
 
 
 # --- memory ----------------------------------------------------------------------------------
@@ -91,12 +77,18 @@ def generation_memory(cfg, rows):
 
 
 # --- compute -----------------------------------------------------------------------------------
-def flops_per_token(params, cfg):
-    """Training FLOPs per token, as nanoGPT's estimate_mfu (PaLM appendix B): 6 per parameter
-    (forward and backward: every weight does one multiply-add per token, the tied embedding as
-    the output head) plus 12 x layers x query width x context for attention's scores and mixing
-    (2 x 2 x width x context forward, twice that backward). The query width is num_q_heads x
-    head_dim: FHA's sub-heads partition it (the same FLOPs as ordinary attention), Memory
-    Mosaics' heads split dim (its persistent-memory slots are parameters, inside 6N), and
-    FutureFormer's heads and read-ins are parameters too."""
-    return 6 * params + 12 * cfg.num_layers * cfg.num_q_heads * cfg.head_dim * cfg.max_seq_len
+def attention_flops_per_token(cfg):
+    """Training FLOPs per token of attention's scores and mixing, beyond the parameters' 6N
+    (nanoGPT's estimate_mfu, PaLM appendix B): 12 x layers x query width x context (2 x 2 x
+    width x context forward, twice that backward). The query width is num_q_heads x head_dim:
+    FHA's sub-heads partition it (the same FLOPs as ordinary attention), Memory Mosaics' heads
+    split dim (its persistent-memory slots are parameters, inside 6N), and FutureFormer's heads
+    and read-ins are parameters too. An architecture whose mixer is not attention declares its
+    own `mixer_flops_per_token`."""
+    return 12 * cfg.num_layers * cfg.num_q_heads * cfg.head_dim * cfg.max_seq_len
+
+
+def flops_per_token(params, cfg, model_cls):
+    """Training FLOPs per token: 6 per parameter (forward and backward: every weight does one
+    multiply-add per token, the tied embedding as the output head) plus the mixer's own."""
+    return 6 * params + model_cls.mixer_flops_per_token(cfg)

@@ -209,7 +209,7 @@ def test_flops_per_token_match_a_measured_count(preset):
     x = torch.randint(2, cfg.vocab_size, (2, cfg.max_seq_len))
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(x, x)[1].backward()
-    formula = modules.sizing.flops_per_token(tools.count_parameters(model)[0], cfg)
+    formula = modules.flops_per_token(tools.count_parameters(model)[0], cfg)
     assert counter.get_total_flops() / x.numel() == pytest.approx(formula, rel=0.1)
 
 

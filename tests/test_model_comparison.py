@@ -7,7 +7,7 @@ import metrics
 import model_comparison as mc
 import train
 from conftest import tiny_configs, cli_error
-from modules import sizing
+import modules
 
 
 @pytest.fixture(scope="module")
@@ -179,5 +179,5 @@ def test_compare_groups_runs_that_differ_only_in_seed(tmp_path):
     table, _ = mc.compare(runs, str(tmp_path / "cmp"), ks=(1,), eval_tokens=1024, progress=False, stories=0)
     groups = table.attrs["seed_groups"]
     assert list(groups["seeds"]) == [2] and groups["paired_seeds"][0] == 2 and groups["delta_by_seed"][0] == 0
-    assert table["flops"][0] == pytest.approx(table["tokens"][0] * sizing.flops_per_token(table["params"][0], cfg))
+    assert table["flops"][0] == pytest.approx(table["tokens"][0] * modules.flops_per_token(table["params"][0], cfg))
     assert "differ only in their seed" in (tmp_path / "cmp" / "summary.md").read_text()

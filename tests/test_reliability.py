@@ -442,3 +442,30 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     steps = [int(r.split(",")[0]) for r in (out / "crash" / "log_data.csv").read_text().splitlines()[1:]]
     assert steps == list(range(40, 241, 40)), steps
+
+
+SLOW_SAVE_CHILD = """
+import sys, time, tools
+def save(path):  # half a checkpoint on disk, then the process hangs inside the save
+    open(path, "wb").write(b"x" * 100_000)
+    print("writing", flush=True)
+    time.sleep(120)
+tools.atomic_save(save, sys.argv[1])
+"""
+
+
+def test_sigkill_during_a_save_leaves_no_temporary_file_after_resume(tiny_run, tmp_path):
+    """kill -9 in the middle of a checkpoint write leaves checkpoint.pt.<pid>.tmp; resuming the
+    run removes every such orphan (three kills, three files, then none)."""
+    run = str(tmp_path / "run")
+    shutil.copytree(tiny_run, run)
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE_CHILD, os.path.join(run, "checkpoint.pt")], cwd=ROOT,
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "writing"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    orphans = lambda: [f for f in os.listdir(run) if f.endswith(".tmp")]
+    assert len(orphans()) == 3
+    train.resume_run(run, progress=False)
+    assert orphans() == []

@@ -12,7 +12,8 @@ import runs
 import tools
 import train
 from conftest import random_token_heldout_loss, tiny_configs, cli_error
-from modules import build_model, sizing
+import modules
+from modules import build_model
 
 
 def read_log(run):
@@ -180,10 +181,10 @@ def test_extra_loss_terms_become_log_columns(tmp_path, monkeypatch):
 def test_mfu_estimate(monkeypatch):
     """nanoGPT's formula against the device's bf16 peak; unknown on a CPU or an unlisted GPU."""
     model_cfg, _ = tiny_configs()
-    assert tools.estimate_mfu(sizing.flops_per_token(10**6, model_cfg), 1e5, torch.device("cpu")) is None
+    assert tools.estimate_mfu(modules.flops_per_token(10**6, model_cfg), 1e5, torch.device("cpu")) is None
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
     flops = (6 * 10**6 + 12 * model_cfg.num_layers * model_cfg.num_q_heads * model_cfg.head_dim
              * model_cfg.max_seq_len) * 1e5
-    assert tools.estimate_mfu(sizing.flops_per_token(10**6, model_cfg), 1e5, torch.device("cuda")) == pytest.approx(flops / 989e12)
+    assert tools.estimate_mfu(modules.flops_per_token(10**6, model_cfg), 1e5, torch.device("cuda")) == pytest.approx(flops / 989e12)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Future GPU")
-    assert tools.estimate_mfu(sizing.flops_per_token(10**6, model_cfg), 1e5, torch.device("cuda")) is None
+    assert tools.estimate_mfu(modules.flops_per_token(10**6, model_cfg), 1e5, torch.device("cuda")) is None
