@@ -101,7 +101,7 @@ def tokenizer_vocab_size(name):
 @dataclass
 class ModelConfig:
     # --- which architecture -------------------------------------------------------------------
-    model_type: Literal["gpt", "fha", "mm", "encdec", "ff"] = "gpt"  # gpt (Llama/GPT baseline) | fha | mm | ff | encdec (MoMeM): a key of modules.MODEL_REGISTRY
+    model_type: Literal["gpt", "fha", "mm", "encdec", "ff", "mamba2"] = "gpt"  # gpt (Llama/GPT baseline) | fha | mm | ff | mamba2 | encdec (MoMeM): a key of modules.MODEL_REGISTRY
     tokenizer: str = "bpe2048"         # file in tokenizers/: bpe512 | bpe1024 | bpe2048 | bpe4096 | byte | char
     max_seq_len: int = 512             # context length in tokens (training windows and generation limit); typical 256-1024
     # --- width and depth ----------------------------------------------------------------------
@@ -150,6 +150,13 @@ class ModelConfig:
     # --- encoder-decoder (model_type='encdec'; see modules/encoder_decoder.py) -------------------
     encoder_layers: int = 2            # bidirectional layers over the source text (num_layers counts the decoder's)
     encdec_copy: bool = True           # pointer-generator head: the output may copy source tokens (See et al. 2017)
+    # --- Mamba-2 (model_type='mamba2'; see modules/mamba2.py) -----------------------------------
+    mamba_state_dim: int = 64          # N: state size per head (d_state); the memory is head_dim x N per head. Paper: 64-128; larger recalls more
+    mamba_expand: int = 2              # inner width = expand * dim (the paper's 2)
+    mamba_head_dim: int = 64           # P: channels per head (headdim, 64 or 128 in the paper); must divide expand * dim
+    mamba_groups: int = 1              # G: groups of B and C shared across heads (as grouped-query attention); must divide the heads
+    mamba_conv_width: int = 4          # K: kernel of the causal depthwise convolution before the scan (the paper's 4)
+    mamba_chunk_size: int = 64         # Q: training scan chunk (cost ~ T x Q inside chunks); changes speed, not results
     # --- derived (filled in by __post_init__, not set by hand) ---------------------------------
     vocab_size: int = field(init=False, default=0)      # from the tokenizer file
     mlp_hidden_dim: int = field(init=False, default=0)  # from dim, mlp_hidden_mult, mlp_gated

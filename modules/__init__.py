@@ -14,6 +14,7 @@ from modules.logging import LoggingModule, log_io, set_tracing, trace  # noqa: F
 from modules.encoder_decoder import EncoderDecoder
 from modules.fractal_head_attention import FractalHeadGPT
 from modules.future_former import FutureFormer
+from modules.mamba2 import Mamba2
 from modules.memory_mosaics import MemoryMosaics
 from modules.model import GPT
 
@@ -23,6 +24,7 @@ MODEL_REGISTRY = {
     "mm": MemoryMosaics,  # Memory Mosaics (modules/memory_mosaics.py)
     "encdec": EncoderDecoder,  # encoder-decoder with a copy head, MoMeM's summarizer and generator (modules/encoder_decoder.py)
     "ff": FutureFormer,  # FutureFormer: multi-scale future prediction heads (modules/future_former.py)
+    "mamba2": Mamba2,  # Mamba-2: a selective state-space mixer, no attention (modules/mamba2.py)
 }
 
 
