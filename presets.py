@@ -49,9 +49,7 @@ PRESETS["llama_40m"] = dict(PRESETS["llama_1m"], **{**_GPU_TRAIN, "batch_size": 
 _MOMEM_TRAIN = dict(tokenizer="char", dim=128, num_q_heads=4, num_kv_heads=4, head_dim=32, batch_size=64, lr=2e-3,
                     weight_decay=0.01, eval_interval=250, checkpoint_interval=250, compile="off")
 PRESETS["momem_ner"] = dict(_MOMEM_TRAIN, num_layers=4, max_seq_len=208, dataset="momem_ner", max_steps=1800)
-PRESETS["momem_summary"] = dict(_MOMEM_TRAIN, model_type="encdec", num_layers=2, encoder_layers=2, max_seq_len=256,
-                                dataset="momem_summary", batch_size=32, max_steps=1500)
-PRESETS["momem_response"] = dict(PRESETS["momem_summary"], dataset="momem_response", max_steps=2000)
+# (its summarizer and generator are encoder-decoders: their presets are in modules/encoder_decoder.py)
 
 # every architecture declares its own presets and parameter-matched controls in its file
 CONTROLS = {}  # a control takes its idea's sizes

@@ -162,6 +162,31 @@ class FutureFormer(GPT):
     def no_weight_decay(self):
         return super().no_weight_decay() | {f"read_ins.{j}.scale_tags" for j in range(1, self.cfg.ff_scales)}
 
+    @torch.no_grad()
+    def future_agreement(self, tokens):
+        """For modules.probe: {term: (T,) cosine similarity} between each scale's predicted summary and the
+        true pooled embedding of that future chunk, averaged over the batch (pooled targets only)."""
+        predictions = []
+
+        def keep(mod, args, out):
+            predictions.append(out.float())
+        hooks = [head.register_forward_hook(keep) for head in self.heads]
+        was_training = self.training
+        self.eval()
+        try:
+            self(tokens[:, :-1])
+        finally:
+            self.train(was_training)
+            for h in hooks:
+                h.remove()
+        targets = tokens[:, 1:]
+        out = {}
+        for name, (start, size), prediction in zip(self.term_names(), self.spans, predictions):
+            target, has_any = self.pooled_target(targets, start, size)
+            cosine = F.cosine_similarity(prediction, target.float(), dim=-1).masked_fill(~has_any, float("nan"))
+            out[name] = cosine.nanmean(dim=0)
+        return out
+
     def term_names(self):
         """Names of the per-scale terms, farthest first (offsets counted from the input position t)."""
         return [f"future_{start + 1}_{start + size}" for start, size in self.spans]

@@ -261,6 +261,13 @@ class Mamba2(GPT):
     def make_layer(self, cfg, layer_idx):
         return Mamba2Block(cfg, layer_idx)
 
+    def decays(self):
+        """For modules.probe: (layers, heads) decay rate of each head's state at its resting step,
+        exp(A_log) x softplus(dt_bias): h keeps exp(-rate) of itself per token when the input
+        leaves dt at its bias (the input moves dt, and with it the rate, token by token)."""
+        return torch.stack([torch.exp(b.mixer.A_log.detach()) * F.softplus(b.mixer.dt_bias.detach())
+                            for b in self.layers])
+
     def new_cache(self, batch_size, pad=None, **inputs):
         """A recurrent cache for batch_size rows; pad (B,) = left-padding slots per row."""
         p = next(self.parameters())

@@ -270,6 +270,12 @@ class MemoryMosaics(GPT):
     def make_layer(self, cfg, layer_idx):
         return ResidualLayer(cfg, ContextMemory(cfg, layer_idx), mlp=PersistentMemory(cfg, layer_idx))
 
+    def decays(self):
+        """For modules.probe: (layers, heads) decay rate beta of each context memory's leaky keys
+        (k_t averages past keys with weights exp(-beta (t - s)); 1 / beta is its memory span)."""
+        return torch.stack([SCALAR_MULT * m.keys.leaky_beta.detach().abs() for m in self.modules()
+                            if isinstance(m, ContextMemory)])
+
     def new_cache(self, batch_size, pad=None, **inputs):
         return MosaicCache(batch_size, self.cfg.max_seq_len, next(self.parameters()).device, pad)
 

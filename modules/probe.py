@@ -1,17 +1,17 @@
-"""A look inside a model: what each head attends to, Memory Mosaics' retrieval weights and key
-decays, FutureFormer's predicted future against the true one. For notebooks (inference.ipynb
+"""A look inside a model: what each head attends to (or how a mixer without attention mixes
+positions), each head's decay rate, a multi-scale model's predicted future against the true one. For notebooks (inference.ipynb
 calls these); nothing here is on a training path.
 
     maps = attention_maps(model, tokens)            # every attention-like call, weights explicit
     plot_attention(maps, labels)                    # heat maps, one per call and head
-    plot_decays(mosaics_decays(model))              # Memory Mosaics: leaky-key decay per layer, head
-    plot_future_agreement(future_agreement(model, tokens))
+    plot_decays(decays(model))                      # per layer and head, where the architecture forgets at a rate
+    plot_future_agreement(model.future_agreement(tokens))  # FutureFormer's predicted against true futures
 
 The fast code never materialises attention weights (scaled_dot_product_attention fuses them
 away), so `record_attention` watches every call of it while the model runs and recomputes the
 weights of that call explicitly: ordinary and grouped-query attention, each FHA level (its
-sub-heads are the heads of that call), Memory Mosaics' retrieval (query t+1 over keys <= t),
-its persistent memory (over slots, not positions) and cross-attention. A mixer without softmax
+sub-heads are the heads of that call), retrieval over an associative memory (query t+1 over keys
+<= t), memory slots (over slots, not positions) and cross-attention. A mixer without softmax
 attention (a state-space mixer, say) draws its own map: a module with `mixing_map(x) -> (B, heads, T, T)` rows
 summing to 1 is recorded after each of its calls.
 """
@@ -88,37 +88,13 @@ def attention_maps(model, tokens, **inputs):
     return maps
 
 
-def mosaics_decays(model):
-    """Memory Mosaics: (layers, heads) decay rate beta of each context memory's leaky keys
-    (k_t averages past keys with weights exp(-beta (t - s)); 1 / beta is its memory span)."""
-    from modules.memory_mosaics import SCALAR_MULT, ContextMemory
-    return torch.stack([SCALAR_MULT * m.keys.leaky_beta.detach().abs() for m in model.modules()
-                        if isinstance(m, ContextMemory)])
-
-
-@torch.no_grad()
-def future_agreement(model, tokens):
-    """FutureFormer: {term: (T,) cosine similarity} between each scale's predicted summary and the
-    true pooled embedding of that future chunk, averaged over the batch (pooled targets only)."""
-    predictions = []
-    def keep(mod, args, out):
-        predictions.append(out.float())
-    hooks = [head.register_forward_hook(keep) for head in model.heads]
-    was_training = model.training
-    model.eval()
-    try:
-        model(tokens[:, :-1])
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    targets = tokens[:, 1:]
-    out = {}
-    for name, (start, size), prediction in zip(model.term_names(), model.spans, predictions):
-        target, has_any = model.pooled_target(targets, start, size)
-        cosine = F.cosine_similarity(prediction, target.float(), dim=-1).masked_fill(~has_any, float("nan"))
-        out[name] = cosine.nanmean(dim=0)
-    return out
+def decays(model):
+    """(layers, heads) decay rate of each head's memory, for architectures that forget at a
+    learned rate (Memory Mosaics' leaky keys, a state-space mixer's A): model.decays()."""
+    if not hasattr(model, "decays"):
+        raise ValueError(f"model={type(model).__name__} is invalid here: it has no per-head decay rates "
+                         "(its class defines no decays() method)")
+    return model.decays()
 
 
 # --- plots -------------------------------------------------------------------------------------
@@ -146,11 +122,11 @@ def plot_attention(maps, labels=None, row=0, max_heads=8):
 
 
 def plot_decays(decays):
-    """Memory Mosaics' leaky-key decay beta per layer (rows) and head (columns)."""
+    """Decay rate beta per layer (rows) and head (columns): weight exp(-beta * lag) on the past."""
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(1.2 * decays.shape[1] + 2, 0.6 * decays.shape[0] + 1.5))
     image = ax.imshow(decays, cmap="magma")
-    ax.set(xlabel="head", ylabel="layer", title="leaky-key decay beta (memory span ~ 1/beta tokens)")
+    ax.set(xlabel="head", ylabel="layer", title="decay rate beta (memory span ~ 1/beta tokens)")
     ax.set_xticks(range(decays.shape[1]))
     ax.set_yticks(range(decays.shape[0]))
     for i in range(decays.shape[0]):

@@ -229,3 +229,43 @@ def test_controls_stay_parameter_matched_at_every_size():
         assert presets.non_embedding_params(a) == presets.non_embedding_params(b)
     with pytest.raises(ValueError, match="size='lots' is invalid"):
         presets.get_preset("llama_1m", size="lots")
+
+
+# the files that serve every architecture: none may name one, read its knobs or import its file
+CORE_FILES = ("presets.py", "modules/sizing.py", "modules/probe.py", "train.py", "inference.py", "model_comparison.py",
+              "scaling.py", "hparam_search.py", "runs.py", "metrics.py")
+
+
+def architecture_mentions(source):
+    """(line, what) for each place a source names an architecture: a comparison with model_type,
+    an architecture's own config field read or spelled, or an import of an architecture's file."""
+    names = set(modules.MODEL_REGISTRY) - {"gpt"}  # the baseline's name is the config's default, not an idea
+    fields = {f for cls in modules.MODEL_REGISTRY.values() for f in cls.own_fields}
+    files = {cls.__module__ for cls in modules.MODEL_REGISTRY.values()} - {"modules.model"}
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(isinstance(s, ast.Attribute) and s.attr == "model_type" for s in sides):
+                found.append((node.lineno, "compares model_type"))
+        elif isinstance(node, ast.Attribute) and node.attr in fields:
+            found.append((node.lineno, f"reads .{node.attr}"))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names | fields:
+            found.append((node.lineno, f"spells {node.value!r}"))
+        elif isinstance(node, ast.ImportFrom) and node.module in files:
+            found.append((node.lineno, f"imports {node.module}"))
+        elif isinstance(node, ast.Import) and any(a.name in files for a in node.names):
+            found.append((node.lineno, "imports an architecture's file"))
+    return found
+
+
+@pytest.mark.parametrize("path", CORE_FILES)
+def test_no_core_file_names_an_architecture(path):
+    found = architecture_mentions(open(os.path.join(ROOT, path), encoding="utf-8").read())
+    assert not found, f"{path} names an architecture (ask the registry or a hook on the class instead): {found}"
+
+
+def test_the_walk_finds_what_it_looks_for():
+    assert sorted(w for _, w in architecture_mentions("if cfg.model_type == 'mm':\n    n = cfg.mm_pmem_size\n"
+                                                       "from modules.future_former import FutureFormer\n")) == sorted([
+        "compares model_type", "spells 'mm'", "reads .mm_pmem_size", "imports modules.future_former"])

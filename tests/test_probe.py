@@ -37,10 +37,17 @@ def test_every_architecture_shows_its_attention(model_type):
         levels = [m for m in maps if m.module == "layers.0.mixer"]
         assert [m.weights.shape[1] for m in levels] == [n for n, _ in __import__("modules").fractal_head_attention.level_sizes(cfg)]
     if model_type == "mm":
-        decays = probe.mosaics_decays(model)
+        decays = probe.decays(model)
         assert decays.shape == (cfg.num_layers, cfg.num_q_heads) and (decays >= 0).all()
         memory = [m for m in maps if m.module.endswith("mixer")]  # retrieval: query t+1 over keys <= t
         assert memory[0].weights.shape[-1] == 11 and memory[0].causal
+    if model_type == "mamba2":  # the SSD mixing matrix, one head per panel
+        heads = cfg.mamba_expand * cfg.dim // cfg.mamba_head_dim
+        assert [m.weights.shape[1:] for m in maps] == [(heads, 12, 12)] * cfg.num_layers
+        assert probe.decays(model).shape == (cfg.num_layers, heads) and (probe.decays(model) > 0).all()
+    if model_type == "gpt":
+        with pytest.raises(ValueError, match="no per-head decay rates"):
+            probe.decays(model)
     if model_type == "ff":
-        agreement = probe.future_agreement(model, tokens)
+        agreement = model.future_agreement(tokens)
         assert list(agreement) == model.term_names() and all(len(c) == 11 for c in agreement.values())
