@@ -254,19 +254,18 @@ def search(study, preset, space, trials, tokens, fixed=None, workers=1, memory_l
     study_obj = open_study(study, storage, args.study_dir)
     remaining = trials - len(finished(study_obj))
     if remaining > 0 and workers > 1:
+        import glob
+        import runs
         per_worker = [remaining // workers + (i < remaining % workers) for i in range(workers)]
-        gpus = torch.cuda.device_count()
-        procs = []
+        commands = []
         for i, n in enumerate(w for w in per_worker if w):
-            env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus else {}))
-            cmd = [sys.executable, os.path.abspath(__file__), "--_worker", "--study", study, "--preset", preset,
+            commands.append([sys.executable, os.path.abspath(__file__), "--_worker", "--study", study, "--preset", preset,
                    "--study_dir", os.path.join(SWEEPS, study), "--worker", str(i),
                    "--trials", str(n), "--tokens", str(tokens), "--storage", storage,
                    "--fixed_json", json.dumps(fixed or {}), "--space_json", json.dumps(space),
-                   "--memory_limit_gb", str(limit / 2**30 / workers), "--child_overhead_gb", str(child_overhead_gb)]
-            procs.append(subprocess.Popen(cmd, cwd=config.ROOT, env=env))
-        for p in procs:
-            p.wait()
+                   "--memory_limit_gb", str(limit / 2**30 / workers), "--child_overhead_gb", str(child_overhead_gb)])
+        _, tokens_per_s = runs.run_workers(commands, lambda: glob.glob(os.path.join(args.study_dir, "trial_*")))
+        print(f"{len(commands)} workers: {tokens_per_s:,.0f} tokens/s in all")
     elif remaining > 0:
         study_obj.optimize(Objective(args, space, limit), n_trials=remaining, catch=(RuntimeError,),
                            show_progress_bar=progress)

@@ -286,6 +286,45 @@ def read_log(run_dir):
     return log
 
 
+# --- several runs at once on one machine (studies) ----------------------------------------------
+def worker_env(index, workers):
+    """Environment of study worker `index` of `workers` on this machine: with GPUs, worker i
+    takes GPU i mod their count (more workers than GPUs share them: a 1M-parameter run fills a
+    few % of one); on the CPU each worker gets cores / workers threads, so they do not fight."""
+    env = dict(os.environ)
+    gpus = torch.cuda.device_count()
+    if gpus:
+        visible = env.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(gpus)))).split(",")
+        env["CUDA_VISIBLE_DEVICES"] = visible[index % len(visible)]
+    else:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    return env
+
+
+def tokens_logged(folders):
+    """Tokens the logs of these run folders hold, in all (a run without a log yet counts 0)."""
+    total = 0
+    for folder in folders:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            total += int(read_log(folder)["tokens"].iloc[-1])
+    return total
+
+
+def run_workers(commands, folders, cwd=config.ROOT):
+    """Run one process per command at once (worker_env(i, len(commands)) each) and wait for all;
+    returns (exit codes, aggregate tokens/s: tokens the logs of folders() gained / wall-clock).
+    folders() lists the study's run folders, asked before and after (workers may add some)."""
+    import time
+    before, start = tokens_logged(folders()), time.perf_counter()
+    procs = [subprocess.Popen(cmd, cwd=cwd, env=worker_env(i, len(commands))) for i, cmd in enumerate(commands)]
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:  # Ctrl-C reaches every worker too: wait for them to save
+        codes = [p.wait() for p in procs]
+        raise
+    return codes, (tokens_logged(folders()) - before) / (time.perf_counter() - start)
+
+
 # --- reading a finished run -------------------------------------------------------------------
 def read_run(run_dir):
     """What a run folder reports, read once for its README and for the comparison table: the

@@ -7,7 +7,9 @@ Every (preset, size, seed) is trained as a normal run folder, trained/scaling/ST
 at `presets.get_preset(preset, size=...)` with `tokens_per_param` x its non-embedding parameters
 as the token budget (the whole cosine schedule fitted to it). A finished run is skipped and an
 interrupted one resumed, so a study is restarted by running the same command again, and split
-over machines or GPUs with --shard I/N (one process each, then once without --train to report).
+over machines with --shard I/N (one process each, then once with --no_train to report), or over
+processes on one machine with --workers N (a 1M-parameter run fills a few % of a GPU; on the CPU
+each worker gets cores / N threads), which also prints the aggregate tokens/s.
 
 The report (summary.md, scaling.png) fits, per architecture, its runs' final validation loss
 against their training FLOPs C (modules.sizing):
@@ -23,6 +25,7 @@ with replacement (bootstrap); `alpha - alpha_baseline` says whether the gain gro
 import json
 import math
 import os
+import sys
 
 import numpy
 
@@ -344,7 +347,25 @@ def parse_shard(text):
     return index, count
 
 
+def train_in_workers(argv, planned, workers):
+    """Run this command's training in `workers` processes (shard i/workers each, no report) on
+    this machine; prints the aggregate tokens/s."""
+    if not isinstance(workers, int) or not 1 <= workers <= 64:
+        raise ValueError(f"--workers={workers!r} is invalid: must be an integer from 1 to 64")
+    if "--shard" in argv:
+        raise ValueError("--workers and --shard cannot be combined: --workers N runs the shards 0/N .. N-1/N itself")
+    argv = [a for i, a in enumerate(argv) if a != "--workers" and (i == 0 or argv[i - 1] != "--workers")]
+    commands = [[sys.executable, os.path.abspath(__file__), *argv, "--shard", f"{i}/{workers}", "--no_report"]
+                for i in range(workers)]
+    codes, tokens_per_s = runs.run_workers(commands, lambda: [runs.run_dir(t) for _, t, _ in planned])
+    print(f"{workers} workers: {tokens_per_s:,.0f} tokens/s in all")
+    if any(codes):
+        raise ValueError(f"worker(s) {[i for i, c in enumerate(codes) if c]} failed (exit codes {codes}); "
+                         "run the same command again to go on where they stopped")
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     p = tools.ArgumentParser(description=__doc__)
     p.add_argument("--study", required=True, help="the study's name: its runs live in trained/scaling/STUDY/")
     p.add_argument("--presets", nargs="+", default=["llama_1m", "ff_1m", "mm_1m"],
@@ -356,7 +377,10 @@ def main(argv=None):
                    help="token budget per non-embedding parameter (default 10; Chinchilla-optimal is about 20)")
     p.add_argument("--shard", default="0/1", help="train only every N-th run from the I-th (I/N), one process per shard")
     p.add_argument("--folder", default=STUDIES, help="parent folder of studies (default trained/scaling)")
+    p.add_argument("--workers", type=int, default=1, help="train the runs in N processes at once on this machine "
+                   "(shards 0/N .. N-1/N), then report (default 1)")
     p.add_argument("--no_train", action="store_true", help="only report the finished runs")
+    p.add_argument("--no_report", action="store_true", help="only train (a worker's part; report later)")
     p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--out", default="", help="folder for summary.md and scaling.png (default: the study's folder)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
@@ -369,8 +393,12 @@ def main(argv=None):
             raise ValueError(f"{', '.join('--' + k for k in taken)} cannot be set here: the study sets every run's "
                              "name, folder, seed (--seeds) and steps (--tokens_per_param)")
         planned = plan(args.study, args.presets, args.sizes, args.seeds, args.tokens_per_param, overrides, args.folder)
-        if not args.no_train:
+        if not args.no_train and args.workers != 1:
+            train_in_workers(argv, planned, args.workers)
+        elif not args.no_train:
             run_study(planned, parse_shard(args.shard), progress=not args.no_progress)
+        if args.no_report:
+            return
         table, cells, fits = report(os.path.join(args.folder, args.study), args.out or None, boot=args.boot,
                                     tokens_per_param=args.tokens_per_param)
     except (*tools.USER_ERRORS, data.DataUnavailable) as e:

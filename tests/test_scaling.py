@@ -120,3 +120,21 @@ def test_bad_arguments_get_one_line(argv, message, capsys, tmp_path):
         scaling.main([*argv, "--folder", str(tmp_path), "--presets", "tiny", "--sizes", "10k"])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_two_workers_train_to_the_same_results_as_one_after_the_other(tmp_path, capsys):
+    """--workers 2 trains the study's two runs in two processes at once: the same final losses
+    as training them in this process one after the other, and an aggregate tokens/s."""
+    argv = ["--presets", "tiny", "--sizes", "10k", "20k", "--seeds", "1", "--tokens_per_param", "0.5", "--no_progress",
+            "--device", "cpu", "--compile", "off", "--autocast", "off", "--data_dir", FIXTURE_DATA, "--tokenizer",
+            "bpe512", "--max_seq_len", "64", "--batch_size", "8", "--eval_tokens", "1024", "--boot", "20"]
+    scaling.main(["--study", "serial", "--folder", str(tmp_path), *argv])
+    capsys.readouterr()
+    scaling.main(["--study", "parallel", "--folder", str(tmp_path), "--workers", "2", *argv])
+    assert "2 workers:" in capsys.readouterr().out
+    loss = lambda study: [pd.read_csv(tmp_path / study / f"tiny_{size}_s1" / "log_data.csv")["val_loss"].iloc[-1]
+                          for size in ("10k", "20k")]
+    numpy.testing.assert_allclose(loss("parallel"), loss("serial"), rtol=1e-4)
+    with pytest.raises(SystemExit):
+        scaling.main(["--study", "x", "--folder", str(tmp_path), "--workers", "2", "--shard", "0/2", *argv])
+    assert "--workers and --shard cannot be combined" in capsys.readouterr().err
