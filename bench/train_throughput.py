@@ -3,6 +3,10 @@
     python bench/train_throughput.py [--presets llama_1m] [--steps 20] [--batch_size 8]
     python bench/train_throughput.py --presets llama_1m,mm_1m,fha_1m --modes "eager fp32,compiled + bf16"
     python bench/train_throughput.py --modes "compiled fp32 det" --optimizers adamw,muon   # Muon's extra cost
+    python bench/train_throughput.py --presets llama_stories15m --batch_size 0 --modes "compiled + bf16"  # its batch
+
+On a GPU it also prints the model FLOPs utilisation (MFU: training FLOPs per token, modules.
+flops_per_token, times tokens/s, over the card's bf16 peak).
 
 With muon among --optimizers it also times, per preset, Muon's orthogonalisation alone: torch's
 own Newton-Schulz (torch.optim.Muon's, in bf16 and with the settings the trainer's Muon has) over
@@ -22,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import presets  # noqa: E402
 import tools  # noqa: E402
-from modules import build_model  # noqa: E402
+from modules import build_model, flops_per_token  # noqa: E402
 from train import make_optimizer  # noqa: E402
 from timing import median_time  # noqa: E402
 
@@ -36,6 +40,7 @@ def measure(preset, use_autocast, use_compile, deterministic, steps, batch_size,
     torch._dynamo.reset()  # each mode compiles afresh, under its own settings
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     model_cfg, train_cfg = presets.get_preset(preset)
+    batch_size = batch_size or train_cfg.batch_size
     tools.seed_everything(0)
     model = build_model(model_cfg).to(device)
     optimizer = make_optimizer(model, dataclasses.replace(train_cfg, optimizer=optimizer), device)
@@ -51,7 +56,9 @@ def measure(preset, use_autocast, use_compile, deterministic, steps, batch_size,
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return batch_size * model_cfg.max_seq_len / median_time(step, steps, warmup)
+    tokens_per_s = batch_size * model_cfg.max_seq_len / median_time(step, steps, warmup)
+    mfu = tools.estimate_mfu(flops_per_token(tools.count_parameters(model)[0], model_cfg), tokens_per_s, device)
+    return tokens_per_s, mfu
 
 
 def orthogonalisation_seconds(preset, steps, warmup):
@@ -77,7 +84,7 @@ def main():
     p.add_argument("--presets", default="llama_1m", help="comma-separated preset names")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--batch_size", type=int, default=8, help="0 = each preset's own batch_size")
     p.add_argument("--device", default="auto")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: " + ", ".join(MODES))
     p.add_argument("--optimizers", default="adamw", help="comma-separated: adamw, muon (TrainConfig.optimizer)")
@@ -96,9 +103,10 @@ def main():
     for preset in names:
         for mode in modes:
             for opt in optimizers:
-                results[preset, mode, opt] = measure(preset, *MODES[mode], args.steps, args.batch_size, args.warmup,
-                                                     device, opt)
-                print(f"  {preset:<16} {mode:<16} {opt:<6} {results[preset, mode, opt]:>10,.0f} tokens/s", flush=True)
+                results[preset, mode, opt], mfu = measure(preset, *MODES[mode], args.steps, args.batch_size,
+                                                          args.warmup, device, opt)
+                print(f"  {preset:<16} {mode:<16} {opt:<6} {results[preset, mode, opt]:>10,.0f} tokens/s"
+                      + (f"  MFU {mfu:.1%}" if mfu is not None else ""), flush=True)
     if "muon" in optimizers:
         print("Muon's orthogonalisation alone (torch's bf16 Newton-Schulz, the trainer's settings, on the CPU):")
         for preset in names:
