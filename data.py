@@ -288,13 +288,18 @@ class TinyStories:
         return bits_per_char(loss_nats, self.valid_data)
 
 
-# TrainConfig.dataset -> "module:Class", imported on use so a dataset's package loads only when chosen
+# TrainConfig.dataset -> "module:Class", imported on use so a dataset's package loads only when chosen;
+# an application package adds its own when it is imported (register_dataset)
 DATASETS = {
     "tinystories": "data:TinyStories",  # the default: TinyStories from a local folder or the hub
-    "momem_ner": "momem.examples:NERExamples",  # MoMeM question -> person's name (momem/)
-    "momem_summary": "momem.examples:SummaryExamples",  # MoMeM record + question -> the field asked for
-    "momem_response": "momem.examples:ResponseExamples",  # MoMeM name + field + question -> the reply
 }
+
+
+def register_dataset(name, path):
+    """Offer the dataset class at path ("package.module:Class") as TrainConfig.dataset=name."""
+    if DATASETS.get(name, path) != path:
+        raise ValueError(f"dataset name {name!r} is taken by {DATASETS[name]}")
+    DATASETS[name] = path
 
 
 def dataset_class(name):
@@ -302,7 +307,8 @@ def dataset_class(name):
     path = DATASETS.get(name, name)
     module, _, cls = path.partition(":")
     if not cls:
-        raise ValueError(f"dataset={name!r} is invalid: must be one of {list(DATASETS)} or 'package.module:Class'")
+        raise ValueError(f"dataset={name!r} is invalid: must be one of {list(DATASETS)} or 'package.module:Class' "
+                         "(an application's datasets are offered once its package is imported, e.g. by its command)")
     try:
         return getattr(importlib.import_module(module), cls)
     except (ImportError, AttributeError) as e:

@@ -43,19 +43,20 @@ PRESETS["llama_stories15m"] = dict(PRESETS["llama_1m"], **_GPU_TRAIN, dim=288, n
 PRESETS["llama_40m"] = dict(PRESETS["llama_1m"], **{**_GPU_TRAIN, "batch_size": 64}, dim=512, num_layers=12,
                             num_q_heads=8, num_kv_heads=8, head_dim=64, max_seq_len=512)
 
-# MoMeM's three trained modules (momem/): character-level, trained on its synthetic people data. Batches
-# are padded per batch, so every step has another shape: compile off (torch 2.13's inductor fails on the
-# backward of attention with dynamic shapes, and recompiling per shape would cost more than it saves)
-_MOMEM_TRAIN = dict(tokenizer="char", dim=128, num_q_heads=4, num_kv_heads=4, head_dim=32, batch_size=64, lr=2e-3,
-                    weight_decay=0.01, eval_interval=250, checkpoint_interval=250, compile="off")
-PRESETS["momem_ner"] = dict(_MOMEM_TRAIN, num_layers=4, max_seq_len=208, dataset="momem_ner", max_steps=1800)
-# (its summarizer and generator are encoder-decoders: their presets are in modules/encoder_decoder.py)
 
 # every architecture declares its own presets and parameter-matched controls in its file
 CONTROLS = {}  # a control takes its idea's sizes
 for _cls in modules.MODEL_REGISTRY.values():
     PRESETS.update(_cls.presets)
     CONTROLS.update(_cls.controls)
+
+
+def register_presets(presets):
+    """Add an application's presets ({name: fields}) when its package is imported."""
+    taken = sorted(set(presets) & set(PRESETS))
+    if taken and any(PRESETS[n] != presets[n] for n in taken):
+        raise ValueError(f"preset name(s) {taken} are taken")
+    PRESETS.update(presets)
 
 
 def check(model_cfg, train_cfg=None):

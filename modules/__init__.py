@@ -32,10 +32,17 @@ def registered_types():
     return tuple(MODEL_REGISTRY)
 
 
+_VALIDATED = set()  # configs (as their field values) already checked: each is checked once per process
+
+
 def validate_config(cfg):
     """Architecture checks of a ModelConfig: no field is set (away from its default) that this
     architecture would ignore (another architecture's knob, or one its class lists in
-    `ignored_fields`), then the class's own `validate_config`."""
+    `ignored_fields`), then the class's own `validate_config`. A config already checked (the
+    same values) is not checked again: presets, the trainer and build_model all call this."""
+    key = sizing.config_key(cfg)
+    if key in _VALIDATED:
+        return
     cls = MODEL_REGISTRY[cfg.model_type]
     owner = {name: t for t, c in MODEL_REGISTRY.items() if c is not cls for name in c.own_fields}
     defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.init}
@@ -46,6 +53,7 @@ def validate_config(cfg):
             raise ValueError(f"{name}={value!r} is invalid for model_type={cfg.model_type!r}: it is {used_by}, so it "
                              f"would change nothing; leave it at its default {defaults[name]!r}")
     cls.validate_config(cfg)
+    _VALIDATED.add(key)
 
 
 def estimate_training_memory(model_cfg, train_cfg):

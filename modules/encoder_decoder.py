@@ -114,14 +114,7 @@ class EncoderDecoder(GPT):
     validate_config = staticmethod(validate_config)
     own_fields = ("encoder_layers", "encdec_copy")
     ignored_fields = ("post_branch_norm",)  # the decoder layer has no post-branch norms
-    # MoMeM's summarizer and generator (momem/), trained like its NER model (presets.py): character
-    # level, batches padded per batch, so compile off
-    _momem_summary = dict(model_type="encdec", tokenizer="char", dim=128, num_q_heads=4, num_kv_heads=4, head_dim=32,
-                          lr=2e-3, weight_decay=0.01, eval_interval=250, checkpoint_interval=250, compile="off",
-                          num_layers=2, encoder_layers=2, max_seq_len=256, dataset="momem_summary", batch_size=32,
-                          max_steps=1500)
-    presets = {"momem_summary": _momem_summary,
-               "momem_response": dict(_momem_summary, dataset="momem_response", max_steps=2000)}
+    # its trained models are MoMeM's summarizer and generator, whose presets momem/ declares
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -13,24 +13,41 @@ import tools
 
 
 # --- parameters ---------------------------------------------------------------------------------
+def config_key(cfg):
+    """A hashable key of a config's values (derived fields included): equal configs, equal keys."""
+    return type(cfg).__name__, tuple(sorted(vars(cfg).items()))
+
+
+_SIZES = {}  # (class, config key) -> (parameters, bytes, embedding parameters): one meta build each
+
+
+def _meta_size(model_cls, cfg):
+    """(parameters, bytes of parameters and buffers, embedding parameters) of model_cls(cfg),
+    built on the meta device once per class and config values (sizes past int64: infinite)."""
+    key = model_cls, config_key(cfg)
+    if key not in _SIZES:
+        try:
+            with torch.device("meta"):
+                model = model_cls(cfg)
+        except RuntimeError as e:
+            if "overflow" not in str(e):
+                raise
+            _SIZES[key] = math.inf, math.inf, 0
+        else:
+            total, embedding = tools.count_parameters(model)
+            _SIZES[key] = total, sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())), \
+                embedding
+    return _SIZES[key]
+
+
 def unbuilt_size(model_cls, cfg):
-    """(parameters, bytes of parameters and buffers) of model_cls(cfg), built on the meta device
-    (no memory is allocated, whatever the sizes; sizes past int64 count as infinite)."""
-    try:
-        with torch.device("meta"):
-            model = model_cls(cfg)
-    except RuntimeError as e:
-        if "overflow" in str(e):
-            return math.inf, math.inf
-        raise
-    params = sum(p.numel() for p in model.parameters())
-    return params, sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    """(parameters, bytes of parameters and buffers) of model_cls(cfg), without allocating (meta device)."""
+    return _meta_size(model_cls, cfg)[:2]
 
 
 def unbuilt_non_embedding(model_cls, cfg):
-    """Parameters outside the token and position embeddings of model_cls(cfg), on the meta device."""
-    with torch.device("meta"):
-        total, embedding = tools.count_parameters(model_cls(cfg))
+    """Parameters outside the embeddings (the class's `embedding_names`) of model_cls(cfg), without allocating."""
+    total, _, embedding = _meta_size(model_cls, cfg)
     return total - embedding
 
 

@@ -5,6 +5,7 @@ import ast
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,9 @@ LAYERS = {
 }
 
 
+STRING_IMPORT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # "package.module:Class", as data.DATASETS holds
+
+
 def rooms():
     """{room: [source texts]}: each top-level module, each package (modules/, momem/, bench/) as one
     room, and the notebooks' code cells."""
@@ -59,6 +63,8 @@ def imports(source):
             names |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and not node.level:
             names.add((node.module or "").split(".")[0])
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and STRING_IMPORT.match(node.value):
+            names.add(node.value.split(".")[0].split(":")[0])  # "package.module:Class", imported on use
     return names
 
 
@@ -84,8 +90,9 @@ def test_every_room_has_a_layer_and_imports_only_downward_without_circles():
     assert not (arrows["config"] | arrows["tools"]), "config.py and tools.py import nothing of the project"
 
 
-def test_the_layer_walk_sees_lazy_imports():
+def test_the_layer_walk_sees_lazy_and_string_imports():
     assert imports("def f():\n    import train\n    from modules import sizing\n") == {"train", "modules"}
+    assert imports('DATASETS = {"x": "momem.examples:NERExamples"}\n') == {"momem"}
 
 
 def test_building_both_configs_leaves_torch_out():

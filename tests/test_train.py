@@ -188,3 +188,22 @@ def test_mfu_estimate(monkeypatch):
     assert tools.estimate_mfu(modules.flops_per_token(10**6, model_cfg), 1e5, torch.device("cuda")) == pytest.approx(flops / 989e12)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Future GPU")
     assert tools.estimate_mfu(modules.flops_per_token(10**6, model_cfg), 1e5, torch.device("cuda")) is None
+
+
+def test_a_training_run_checks_its_config_once_and_sizes_the_model_once(tmp_path, monkeypatch):
+    """presets, the memory check, build_model and the run folder all ask for the architecture's
+    checks and sizes: each runs once per config (validate_config and the meta-device build)."""
+    from modules.model import GPT
+    checks, meta_builds = [], []
+    monkeypatch.setattr(GPT, "validate_config", staticmethod(lambda cfg: checks.append(1)))
+    original_init = GPT.__init__
+
+    def counting_init(self, cfg):
+        if torch.empty(0).device.type == "meta":
+            meta_builds.append(1)
+        original_init(self, cfg)
+    monkeypatch.setattr(GPT, "__init__", counting_init)
+    model_cfg, train_cfg = tiny_configs(max_steps=2, eval_interval=2, checkpoint_interval=2, out_dir=str(tmp_path),
+                                        dim=40)  # a width no other test uses: nothing cached before
+    train.train(model_cfg, train_cfg, progress=False)
+    assert len(checks) == 1 and len(meta_builds) == 1, (len(checks), len(meta_builds))
