@@ -49,6 +49,7 @@ CONTROLS = {}  # a control takes its idea's sizes
 for _cls in modules.MODEL_REGISTRY.values():
     PRESETS.update(_cls.presets)
     CONTROLS.update(_cls.controls)
+BUILT_IN = tuple(PRESETS)  # the core's and the architectures' own (an application adds more when imported)
 
 
 def register_presets(presets):
@@ -79,14 +80,15 @@ def get_preset(preset, /, size=None, **overrides):
 
 
 def demo_config(model_type):
-    """A tiny ModelConfig of `model_type` (its first preset, shrunk, with the overrides its model
-    class declares in `demo_overrides`) for shape traces and demos."""
-    preset = next((name for name, fields in PRESETS.items() if fields.get("model_type", "gpt") == model_type), None)
-    if preset is None:
-        raise ValueError(f"model_type={model_type!r} has no preset in presets.PRESETS; add one")
+    """A tiny ModelConfig of `model_type` (its first built-in preset, or config.py's defaults,
+    shrunk, with the overrides its model class declares in `demo_overrides`) for shape traces
+    and demos."""
+    _choice("model_type", model_type, modules.MODEL_REGISTRY)
+    base = next((PRESETS[n] for n in BUILT_IN if PRESETS[n].get("model_type", "gpt") == model_type),
+                {"model_type": model_type})
     shrink = dict(dim=16, num_layers=2, head_dim=8, max_seq_len=16, tokenizer="bpe512",
                   **modules.MODEL_REGISTRY[model_type].demo_overrides)
-    return get_preset(preset, **shrink)[0]
+    return check(ModelConfig(**split_overrides({**base, **shrink})[0]))[0]
 
 
 # --- sizes: a preset at another size -------------------------------------------------------------
