@@ -79,6 +79,9 @@ def make_optimizer(model, cfg, device):
     """AdamW, weight decay only on weight matrices not named in model.no_weight_decay(); with
     cfg.optimizer='muon', the weight matrices of the blocks' linear layers go to Muon instead
     (`muon_matrices`: a rule, not a list of names, so every architecture splits the same way)."""
+    if cfg.optimizer == "muon" and not hasattr(torch.optim, "Muon"):
+        raise ValueError(f"optimizer='muon' needs torch >= 2.9 (torch.optim.Muon); this is torch {torch.__version__}: "
+                         "upgrade torch, or use optimizer='adamw'")
     skip = model.no_weight_decay()
     muon = muon_matrices(model) if cfg.optimizer == "muon" else set()
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p not in muon]

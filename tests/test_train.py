@@ -207,3 +207,10 @@ def test_a_training_run_checks_its_config_once_and_sizes_the_model_once(tmp_path
                                         dim=40)  # a width no other test uses: nothing cached before
     train.train(model_cfg, train_cfg, progress=False)
     assert len(checks) == 1 and len(meta_builds) == 1, (len(checks), len(meta_builds))
+
+
+def test_muon_on_a_torch_without_it_is_refused_by_name(monkeypatch):
+    monkeypatch.delattr(torch.optim, "Muon")
+    model_cfg, train_cfg = tiny_configs(optimizer="muon")
+    with pytest.raises(ValueError, match=r"optimizer='muon' needs torch >= 2.9 \(torch.optim.Muon\)"):
+        train.make_optimizer(build_model(model_cfg), train_cfg, torch.device("cpu"))
