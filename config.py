@@ -204,6 +204,11 @@ class TrainConfig:
     batch_size: int = 16               # sequences per micro-batch, in all: under torchrun each of N processes takes batch_size / N
     grad_accum_steps: int = 1          # micro-batches per optimizer step (effective batch = batch_size * grad_accum_steps)
     max_steps: int = 600               # optimizer steps; tokens seen = max_steps * batch_size * grad_accum_steps * max_seq_len
+    # --- capability probes (dataset = mqar | mqar_control | copying | icll; see tasks.py) ------------
+    task_vocab: int = 0                # ids a task draws from (2 .. task_vocab - 1); 0 = the tokenizer's vocabulary. Zoology: 8192; 256 trains in minutes
+    task_pairs: int = 8                # mqar: key-value pairs (Zoology: 4 at length 64, 8 at 128, 16 at 256); copying: ids to copy
+    task_states: int = 6               # icll: states of each random automaton (RegBench: 4-12)
+    task_symbols: int = 8              # icll: symbols of each automaton's alphabet (RegBench: 4-18)
     # --- optimizer ----------------------------------------------------------------------------
     lr: float = 3e-3                   # peak learning rate; typical 1e-3 - 1e-2 for ~1M-parameter models
     min_lr_ratio: float = 0.1          # final lr = lr * min_lr_ratio (cosine, linear, wsd)
@@ -245,6 +250,9 @@ class TrainConfig:
         _check(0 <= self.beta2 < 1, "beta2", self.beta2, "must be in [0, 1)")
         _check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0 (0 = off)")
         _check(0 <= self.muon_momentum < 1, "muon_momentum", self.muon_momentum, "must be in [0, 1)")
+        _check(self.task_vocab == 0 or self.task_vocab >= 8, "task_vocab", self.task_vocab,
+               "must be 0 (the tokenizer's vocabulary) or at least 8")
+        _positive(self, "task_pairs", "task_states", "task_symbols")
         self.warmup_steps = int(self.warmup_frac * self.max_steps)
         self.decay_steps = int(self.decay_frac * self.max_steps)
 

@@ -292,6 +292,10 @@ class TinyStories:
 # an application package adds its own when it is imported (register_dataset)
 DATASETS = {
     "tinystories": "data:TinyStories",  # the default: TinyStories from a local folder or the hub
+    "mqar": "tasks:MQAR",  # capability probe: multi-query associative recall (Zoology)
+    "mqar_control": "tasks:MQARControl",  # its control: the answers are not in the context (chance)
+    "copying": "tasks:SelectiveCopying",  # capability probe: selective copying (Mamba, section 4.1)
+    "icll": "tasks:ICLL",  # capability probe: in-context language learning (RegBench)
 }
 
 

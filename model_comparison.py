@@ -47,7 +47,10 @@ def summarize(run):
             "wall_clock_s": float(last["elapsed_s"]), "final_val_loss": float(last["val_loss"]),
             "best_val_loss": float(best["val_loss"]), "best_step": int(best["step"]),
             "final_val_bpc": float(last["val_bpc"]), "best_val_bpc": float(best["val_bpc"]),
-            "tokens_per_s": float(r.log["tokens_per_s"].median())}
+            "tokens_per_s": float(r.log["tokens_per_s"].median()),
+            # a capability probe (tasks.py) is scored by its answers' accuracy
+            **({"final_val_acc": float(last["val_acc"]), "final_val_acc_se": float(last["val_acc_se"])}
+               if "val_acc" in r.log else {})}
 
 
 def plot_curves(runs, path=None, final_deltas=None):

@@ -16,6 +16,8 @@ import data
 import modules
 from config import ModelConfig, TrainConfig, _choice, split_overrides
 
+TASK_FIELDS = ("task_vocab", "task_pairs", "task_states", "task_symbols")  # read only by the probes' datasets
+
 # --- named presets ---------------------------------------------------------------------------
 PRESETS = {
     # the original template's Llama3_1m_atto shape: RMSNorm, RoPE, SwiGLU (hidden 341), MQA 2:1, tied
@@ -65,7 +67,13 @@ def check(model_cfg, train_cfg=None):
     field set that it would ignore) and, with a TrainConfig, that its dataset exists."""
     modules.validate_config(model_cfg)
     if train_cfg is not None:
-        data.dataset_class(train_cfg.dataset)
+        used = getattr(data.dataset_class(train_cfg.dataset), "uses_fields", ())
+        defaults = TrainConfig()
+        for name in TASK_FIELDS:
+            if name not in used and getattr(train_cfg, name) != getattr(defaults, name):
+                raise ValueError(f"{name}={getattr(train_cfg, name)!r} is invalid for dataset={train_cfg.dataset!r}: it is "
+                                 f"a knob of the capability probes (tasks.py), so it would change nothing; leave it at "
+                                 f"its default {getattr(defaults, name)!r}")
     return model_cfg, train_cfg
 
 

@@ -70,11 +70,12 @@ def plan(study, preset_names, sizes, seeds, tokens_per_param=10.0, overrides=Non
     return planned
 
 
-def run_study(planned, shard=(0, 1), progress=True):
+def run_study(planned, shard=(0, 1), progress=True, script="scaling.py"):
     """Train the runs of `plan` that are this shard's (every N-th, from the I-th) and not finished;
     an interrupted run resumes from its checkpoint. A run folder made with other configs than the
     plan's is refused (name another study). A run whose loss stops being finite is reported and
-    left out, and the study goes on. Returns the finished run folders of this shard."""
+    left out, and the study goes on. Returns the finished run folders of this shard. `script` is the
+    study's command (scaling.py, probes.py), recorded in each run's README."""
     index, count = shard
     folders, failed = [], []
     for i, (model_cfg, train_cfg, cell) in enumerate(planned):
@@ -85,7 +86,7 @@ def run_study(planned, shard=(0, 1), progress=True):
             print(f"[{i + 1}/{len(planned)}] {train_cfg.name}")
         try:
             folder, finished = train_or_resume(model_cfg, train_cfg, progress, command=(
-                f"python scaling.py --study {os.path.basename(train_cfg.out_dir)} (run {train_cfg.name})"))
+                f"python {script} --study {os.path.basename(train_cfg.out_dir)} (run {train_cfg.name})"))
         except NonFiniteLoss as e:
             print(f"{train_cfg.name} failed and is left out of the report: {e}")
             failed.append(train_cfg.name)
@@ -142,7 +143,8 @@ def collect(study_dir):
                 train_tokens[key] = math.nan
         rows.append({"run": name, **cell, "non_embedding_params": run.non_embedding_params,
                      "tokens": int(run.last["tokens"]), "epochs": run.last["tokens"] / train_tokens[key],
-                     "flops": float(run.last["flops"]), "val_loss": float(run.last["val_loss"])})
+                     "flops": float(run.last["flops"]), "val_loss": float(run.last["val_loss"]),
+                     **{k: float(run.last[k]) for k in ("val_acc", "val_acc_se") if k in run.last}})
     if not rows:
         raise ValueError(f"{study_dir} holds no finished run yet: train the study first")
     return pd.DataFrame(rows)
@@ -347,15 +349,15 @@ def parse_shard(text):
     return index, count
 
 
-def train_in_workers(argv, planned, workers):
-    """Run this command's training in `workers` processes (shard i/workers each, no report) on
-    this machine; prints the aggregate tokens/s."""
+def train_in_workers(argv, planned, workers, script=os.path.abspath(__file__)):
+    """Run this command's training (`script` with argv) in `workers` processes (shard i/workers
+    each, no report) on this machine; prints the aggregate tokens/s."""
     if not isinstance(workers, int) or not 1 <= workers <= 64:
         raise ValueError(f"--workers={workers!r} is invalid: must be an integer from 1 to 64")
     if "--shard" in argv:
         raise ValueError("--workers and --shard cannot be combined: --workers N runs the shards 0/N .. N-1/N itself")
     argv = [a for i, a in enumerate(argv) if a != "--workers" and (i == 0 or argv[i - 1] != "--workers")]
-    commands = [[sys.executable, os.path.abspath(__file__), *argv, "--shard", f"{i}/{workers}", "--no_report"]
+    commands = [[sys.executable, script, *argv, "--shard", f"{i}/{workers}", "--no_report"]
                 for i in range(workers)]
     codes, tokens_per_s = runs.run_workers(commands, lambda: [runs.run_dir(t) for _, t, _ in planned])
     print(f"{workers} workers: {tokens_per_s:,.0f} tokens/s in all")

@@ -114,20 +114,27 @@ def muon_matrices(model):
 @torch.no_grad()
 def evaluate(model, dataset, batch_size, device, use_autocast):
     """On the dataset's fixed validation batches: the mean next-token loss over windows, its
-    standard error, and the mean of each extra loss term the model reports (over rows)."""
+    standard error, and the mean of each extra loss term the model reports (over rows); for a
+    dataset scored by accuracy (a capability probe, tasks.py), also `acc` and `acc_se` over rows."""
     was_training = model.training
     model.eval()
-    losses, terms_sum = [], {}
+    losses, accuracies, terms_sum = [], [], {}
     for batch in dataset.val_batches(batch_size):
+        scoring = {k: batch.pop(k) for k in getattr(dataset, "score_keys", ())}  # for the score, not the model
         batch = tools.to_device(batch, device)
         with tools.autocast(device, use_autocast):
             logits, _, terms = model(**batch)
         losses.append(metrics.window_losses(logits, batch["targets"]).cpu())
+        if hasattr(dataset, "accuracy"):
+            accuracies.append(dataset.accuracy(logits, {**batch, **scoring}).float().cpu())
         for name, value in terms.items():
             terms_sum[name] = terms_sum.get(name, 0.0) + float(value) * len(logits)
     model.train(was_training)
     losses = torch.cat(losses)
-    return (*metrics.mean_and_se(losses), {name: total / len(losses) for name, total in terms_sum.items()})
+    extra = {name: total / len(losses) for name, total in terms_sum.items()}
+    if accuracies:
+        extra["acc"], extra["acc_se"] = metrics.mean_and_se(torch.cat(accuracies))
+    return (*metrics.mean_and_se(losses), extra)
 
 
 class _StopRequest:

@@ -26,10 +26,10 @@ from conftest import ROOT, TINY_TRAIN_ARGS, assert_cli_error, tiny_configs
 # every room's layer: each imports only from its own layer or below, and no two rooms import each other
 LAYERS = {
     "config": 0, "tools": 0,
-    "data": 1, "modules": 1, "metrics": 1, "distributed": 1,
+    "data": 1, "modules": 1, "metrics": 1, "distributed": 1, "tasks": 1,
     "runs": 2, "presets": 2, "trackers": 2,
     "train": 3, "inference": 3,
-    "model_comparison": 4, "hparam_search": 4, "scaling": 4, "export": 4,
+    "model_comparison": 4, "hparam_search": 4, "scaling": 4, "export": 4, "probes": 4,
     "momem": 5, "bench": 5, "notebooks": 5,
 }
 
