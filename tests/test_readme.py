@@ -31,6 +31,8 @@ RULES = [
     (r"python scaling\.py", "an 18-run study (44 minutes on 2 CPU cores); tests/test_scaling.py runs a tiny "
                             "2 x 2 x 2 study end to end through the same functions"),
     (r"python bench/", "benchmarks print timings and take minutes; they are not tests"),
+    (r"python probes\.py", "a grid of probe runs (minutes each on 2 CPU cores); tests/test_probes.py runs a tiny "
+                           "2 x 2 grid end to end through the same functions"),
     (r"torchrun", "needs several GPUs or nodes; tests/test_distributed.py trains with two gloo processes"),
     (r"python -m momem train", "trains the three MoMeM modules for about 47 minutes; tests/test_momem.py "
                                "trains tiny ones through the same code"),
