@@ -23,7 +23,6 @@ import config
 import data
 import modules
 import presets
-import runs
 import scaling
 import tools
 from runs import TRAINED
@@ -61,11 +60,7 @@ def at_width(preset, width, layers):
 def plan(study, preset_names, widths, difficulties, lrs, seeds, layers=2, overrides=None, folder=PROBES):
     """[(model_cfg, train_cfg, cell)] for every seed x preset x width x difficulty x lr, cell =
     {"preset", "width", "difficulty", "lr", "seed"}, each the run FOLDER/STUDY/NAME."""
-    config.check_folder_name("study", study)
-    for name, values in (("presets", preset_names), ("widths", widths), ("difficulties", difficulties),
-                         ("lrs", lrs), ("seeds", seeds)):
-        if not values or len(set(map(str, values))) != len(values):
-            raise ValueError(f"{name}={list(values)!r} is invalid: give at least one, each once")
+    scaling.check_grid(study, presets=preset_names, widths=widths, difficulties=difficulties, lrs=lrs, seeds=seeds)
     planned = []
     for seed in seeds:  # seed-major: a study stopped half-way already covers every cell once
         for preset in preset_names:

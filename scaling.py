@@ -42,17 +42,23 @@ STUDY_FIELDS = ("name", "out_dir", "seed", "max_steps", "eval_interval", "checkp
 
 
 # --- the plan: which runs a study holds ------------------------------------------------------------
+def check_grid(study, **axes):
+    """ValueError unless the study's name is a folder name and every axis of its grid ({name:
+    values}) holds at least one value, each once."""
+    config.check_folder_name("study", study)
+    for name, values in axes.items():
+        if not values or len(set(map(str, values))) != len(values):
+            raise ValueError(f"{name}={list(values)!r} is invalid: give at least one, each once")
+
+
 def plan(study, preset_names, sizes, seeds, tokens_per_param=10.0, overrides=None, folder=STUDIES):
     """[(model_cfg, train_cfg, cell)] for every preset x size x seed, cell = {"preset", "size",
     "seed"}: the run FOLDER/STUDY/PRESET_SIZE_sSEED (FOLDER: trained/scaling) with max_steps set so the run sees
     about tokens_per_param tokens per non-embedding parameter (at least one step), and five
     evaluations. `overrides` are further config fields for every run (e.g. device, batch_size)."""
-    config.check_folder_name("study", study)
+    check_grid(study, presets=preset_names, sizes=sizes, seeds=seeds)
     if not isinstance(tokens_per_param, (int, float)) or not 0 < tokens_per_param <= 1e6:
         raise ValueError(f"tokens_per_param={tokens_per_param!r} is invalid: must be a number in (0, 1e6]")
-    for name, values in (("presets", preset_names), ("sizes", sizes), ("seeds", seeds)):
-        if not values or len(set(map(str, values))) != len(values):
-            raise ValueError(f"{name}={list(values)!r} is invalid: give at least one, each once")
     planned = []
     for seed in seeds:  # seed-major: a study stopped half-way already covers every cell once
         for preset in preset_names:

@@ -136,6 +136,22 @@ def cli_error(capsys, match):
     assert_cli_error(e.value.code, capsys.readouterr().err, match)
 
 
+def sigterm_the_nth_run(monkeypatch, n):
+    """Make the n-th train.train call of a study get SIGTERM at its first evaluation (it saves
+    and stops, as under a scheduler); returns the real train.train to put back."""
+    import signal
+    import train
+    real_train, calls = train.train, []
+
+    def interrupted_train(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            kwargs["on_eval"] = lambda row: os.kill(os.getpid(), signal.SIGTERM)
+        return real_train(*args, **kwargs)
+    monkeypatch.setattr(train, "train", interrupted_train)  # what train_or_resume calls
+    return real_train
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A tiny run trained for 6 steps (checkpoints at 3 and 6), for tests that load a trained model."""

@@ -1,13 +1,13 @@
 """probes.py: a tiny grid (2 architectures x 2 widths x 1 difficulty) runs end to end, resumes
 after SIGTERM without retraining finished cells, and reports the best learning rate per cell."""
 import os
-import signal
 
 import pandas as pd
 import pytest
 
 import probes
 import train
+from conftest import sigterm_the_nth_run
 
 TINY = dict(device="cpu", compile="off", autocast="off", max_steps=6, eval_interval=3, checkpoint_interval=3,
             eval_tokens=16 * 8, batch_size=8, task_vocab=32)
@@ -31,14 +31,7 @@ def test_tiny_grid_runs_resumes_and_reports(tmp_path, monkeypatch):
     planned = tiny_grid(str(tmp_path))
     assert len(planned) == 8 and planned[0][2] == {"preset": "tiny", "width": 16, "difficulty": "16:2", "lr": 1e-3,
                                                    "seed": 1}
-    real_train, calls = train.train, []
-
-    def interrupted_train(*args, **kwargs):  # the third run gets SIGTERM at its first evaluation
-        calls.append(1)
-        if len(calls) == 3:
-            kwargs["on_eval"] = lambda row: os.kill(os.getpid(), signal.SIGTERM)
-        return real_train(*args, **kwargs)
-    monkeypatch.setattr(train, "train", interrupted_train)
+    real_train = sigterm_the_nth_run(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         probes.scaling.run_study(planned, progress=False, script="probes.py")
     folders = [os.path.join(t.out_dir, t.name) for _, t, _ in planned]

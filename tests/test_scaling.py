@@ -1,7 +1,6 @@
 """scaling.py: the power-law fit, the bootstrap compute multiplier, and a tiny 2 x 2 x 2 study
 that runs end to end and resumes after being interrupted."""
 import os
-import signal
 
 import numpy
 import pandas as pd
@@ -9,7 +8,7 @@ import pytest
 
 import scaling
 import train
-from conftest import FIXTURE_DATA
+from conftest import FIXTURE_DATA, sigterm_the_nth_run
 
 
 @pytest.mark.parametrize("e, a, alpha", [(1.5, 30.0, 0.1), (0.8, 500.0, 0.2), (2.2, 4.0, 0.05), (0.0, 90.0, 0.15)])
@@ -74,14 +73,7 @@ def tiny_plan(folder, tokens_per_param=0.5):
 def test_tiny_study_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     runs = tiny_plan(str(tmp_path))
     assert len(runs) == 8 and runs[0][2] == {"preset": "tiny", "size": "10k", "seed": 1}
-    real_train, calls = train.train, []
-
-    def interrupted_train(*args, **kwargs):  # the third run gets SIGTERM at its first evaluation
-        calls.append(1)
-        if len(calls) == 3:
-            kwargs["on_eval"] = lambda row: os.kill(os.getpid(), signal.SIGTERM)
-        return real_train(*args, **kwargs)
-    monkeypatch.setattr(train, "train", interrupted_train)  # what train_or_resume calls
+    real_train = sigterm_the_nth_run(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt, match="run the same command again"):
         scaling.run_study(runs, progress=False)
     folders = [os.path.join(cfg.out_dir, cfg.name) for _, cfg, _ in runs]
