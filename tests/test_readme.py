@@ -1,6 +1,9 @@
-"""Every shell command in the README runs as written (with tiny overrides appended where the
-real one takes minutes), or is listed here with the reason it is not run. A README command
-that no rule below covers fails the test: add it here when you add it there."""
+"""Every shell command in the README and the docs/ pages runs as written (with tiny overrides
+appended where the real one takes minutes), or is listed here with the reason it is not run. A
+command that no rule below covers fails the test: add it here when you add it there. The README
+stays a front door (at most 300 lines), and every relative link of the README and docs/ leads
+to a file that exists."""
+import glob
 import os
 import re
 import shlex
@@ -12,6 +15,7 @@ import pytest
 from conftest import FIXTURE_DATA, ROOT, SHARED_DATA
 
 README = os.path.join(ROOT, "README.md")
+PAGES = [README] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))  # the README's commands run first
 SHIPPED = os.path.isfile(os.path.join(ROOT, "trained", "llama_1m", "model.safetensors"))
 TINY_TRAINING = ["--max_steps", "2", "--eval_interval", "1", "--checkpoint_interval", "1", "--batch_size", "2",
                  "--max_seq_len", "64", "--eval_tokens", "1024", "--compile", "off", "--no_progress"]
@@ -43,8 +47,9 @@ RULES = [
 
 
 def readme_commands():
-    """Every command line of the README's ```bash blocks (continuation lines joined, comments cut)."""
-    text = open(README, encoding="utf-8").read()
+    """Every command line of the ```bash blocks of the README and docs/ (continuation lines
+    joined, comments cut), page by page."""
+    text = "\n".join(open(page, encoding="utf-8").read() for page in PAGES)
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
@@ -82,3 +87,28 @@ def test_readme_commands_run_as_written(tmp_path):
             argv[argv.index("--out") + 1] = str(tmp_path / "comparison")  # the shipped figures stay as they are
         result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, f"{' '.join(words)}\n{result.stdout[-1500:]}\n{result.stderr[-3000:]}"
+
+
+def test_the_readme_is_a_front_door():
+    lines = open(README, encoding="utf-8").read().splitlines()
+    assert len(lines) <= 300, f"README.md has {len(lines)} lines: move reference material to docs/"
+
+
+def test_every_link_leads_somewhere():
+    broken = []
+    for page in PAGES:
+        text = open(page, encoding="utf-8").read()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue  # a web address or an anchor on the same page
+            path = os.path.normpath(os.path.join(os.path.dirname(page), target.split("#")[0]))
+            if not os.path.exists(path):
+                broken.append(f"{os.path.relpath(page, ROOT)} -> {target}")
+    assert not broken, f"links to nothing: {broken}"
+
+
+def test_no_page_speaks_of_what_a_reader_cannot_see():
+    words = re.compile(r"\b(this session|a later session|the session|this wave|in this wave|seed 00\d)\b", re.I)
+    found = [f"{os.path.relpath(page, ROOT)}: {m.group(0)}" for page in PAGES
+             for m in words.finditer(open(page, encoding="utf-8").read())]
+    assert not found, found
