@@ -9,8 +9,9 @@ values are `Literal`s: checked here, offered as the CLI's choices. Fields comput
 `__post_init__`, so they always follow the values you pass. An invalid value raises a ValueError
 naming the field, the value and what is allowed. Standard library only: building a config
 imports neither torch nor the model package. What depends on an architecture or a dataset
-(FHA's split, FutureFormer's scales, a field the chosen architecture would ignore) is checked
-where a config enters: presets.get_preset, loading a run's configs, modules.build_model.
+(model_type itself, FHA's split, FutureFormer's scales, a field the chosen architecture would
+ignore) is checked where a config enters: presets.get_preset, loading a run's configs,
+modules.build_model. Architectures are declared once, by modules.MODEL_REGISTRY.
 """
 import argparse
 import dataclasses
@@ -101,7 +102,7 @@ def tokenizer_vocab_size(name):
 @dataclass
 class ModelConfig:
     # --- which architecture -------------------------------------------------------------------
-    model_type: Literal["gpt", "fha", "mm", "encdec", "ff", "mamba2"] = "gpt"  # gpt (Llama/GPT baseline) | fha | mm | ff | mamba2 | encdec (MoMeM): a key of modules.MODEL_REGISTRY
+    model_type: str = "gpt"            # the architecture: a name in modules.MODEL_REGISTRY, which declares them (gpt = the Llama/GPT-2 baseline); checked where a config enters
     tokenizer: str = "bpe2048"         # file in tokenizers/: bpe512 | bpe1024 | bpe2048 | bpe4096 | byte | char
     max_seq_len: int = 512             # context length in tokens (training windows and generation limit); typical 256-1024
     # --- width and depth ----------------------------------------------------------------------

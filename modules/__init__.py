@@ -1,9 +1,8 @@
-"""The model package. The registry maps ModelConfig.model_type to a model class.
+"""The model package. The registry declares the architectures: ModelConfig.model_type names one.
 
 Adding an architecture: one file in this folder (the idea, the fast code, its literal
-reference; its knobs' checks, demo overrides and own fields declared on the class), one line
-below, its fields in config.py (and its name in ModelConfig.model_type's choices), a preset
-and its control in presets.py, and its test.
+reference; its presets and control, checks, size hooks and own fields declared on the class),
+one line below, its fields in one section of config.py, and its test.
 """
 import dataclasses
 
@@ -43,6 +42,9 @@ def validate_config(cfg):
     key = sizing.config_key(cfg)
     if key in _VALIDATED:
         return
+    if cfg.model_type not in MODEL_REGISTRY:
+        raise ValueError(f"model_type={cfg.model_type!r} is invalid: must be one of {list(MODEL_REGISTRY)} "
+                         "(the architectures registered in modules/__init__.py)")
     cls = MODEL_REGISTRY[cfg.model_type]
     owner = {name: t for t, c in MODEL_REGISTRY.items() if c is not cls for name in c.own_fields}
     defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.init}
