@@ -39,10 +39,9 @@ def validate_config(cfg):
         raise ValueError(f"pos_encoding={cfg.pos_encoding!r} is invalid for model_type='mamba2': the recurrence "
                          "carries order, Mamba-2 has no positional encoding; use 'none'")
     d_inner = cfg.mamba_expand * cfg.dim
-    checks = (("mamba_state_dim", 1), ("mamba_expand", 1), ("mamba_head_dim", 1), ("mamba_groups", 1),
-              ("mamba_conv_width", 1), ("mamba_chunk_size", 1))
-    for name, low in checks:
-        if getattr(cfg, name) < low:
+    for name in ("mamba_state_dim", "mamba_expand", "mamba_head_dim", "mamba_groups", "mamba_conv_width",
+                 "mamba_chunk_size"):
+        if getattr(cfg, name) < 1:
             raise ValueError(f"{name}={getattr(cfg, name)} is invalid for model_type='mamba2': must be a positive integer")
     if d_inner % cfg.mamba_head_dim:
         raise ValueError(f"mamba_head_dim={cfg.mamba_head_dim} is invalid: it must divide d_inner = mamba_expand * dim "
@@ -61,8 +60,8 @@ def weights_lower_bound(c):
 
 def mixer_flops_per_token(c):
     """Training FLOPs per token of the chunked scan (the parameters' 6N aside): per layer, forward
-    2 x (Q x (G N + E)) inside a chunk plus 2 x 2 x E x N for the chunk states in and out, times 3
-    with the backward pass."""
+    2 x Q x (G N + E) inside a chunk (C B^T once per group, then mixing every head's x) plus
+    2 x 2 x E x N for the chunk states in and out, times 3 with the backward pass."""
     d_inner = c.mamba_expand * c.dim
     q, n = min(c.mamba_chunk_size, c.max_seq_len), c.mamba_state_dim
     return 3 * c.num_layers * (2 * q * (c.mamba_groups * n + d_inner) + 4 * d_inner * n)
@@ -81,35 +80,39 @@ def segment_sum(a):
 
 def ssd_chunked(x, log_decay, b, c, chunk_size, state=None):
     """The state-space-dual scan in chunks. x (B, T, H, P) inputs already times dt; log_decay
-    (B, T, H) = dt A (<= 0); b, c (B, T, G, N); state (B, H, P, N) entering position 0 (None = 0).
-    Returns y (B, T, H, P) with y_t = h_t c_t, and h after the last position (B, H, P, N).
-    Positions past T (padding to whole chunks) carry no input and no decay, so h is exact."""
-    batch, T, heads, _ = x.shape
+    (B, T, H) = dt A (<= 0); b, c (B, T, G, N), each group shared by R = H / G heads; state
+    (B, H, P, N) entering position 0 (None = 0). Returns y (B, T, H, P) with y_t = h_t c_t, and h
+    after the last position (B, H, P, N). Positions past T (padding to whole chunks) carry no
+    input and no decay, so h is exact."""
+    batch, T, heads, p = x.shape
+    groups, n_state = b.shape[2], b.shape[3]
+    r = heads // groups
     q = min(chunk_size, T)
     n = -(-T // q)
     if n * q != T:
         pad = n * q - T
         x, b, c = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, b, c))
         log_decay = F.pad(log_decay, (0, 0, 0, pad))
-    per_group = heads // b.shape[2]
-    b, c = (t.repeat_interleave(per_group, dim=2) if per_group > 1 else t for t in (b, c))
-    x, b, c = (t.reshape(batch, n, q, heads, -1) for t in (x, b, c))
-    a = log_decay.reshape(batch, n, q, heads).permute(0, 3, 1, 2)  # (B, H, n, q)
+    x = x.reshape(batch, n, q, groups, r, p)
+    b, c = (t.reshape(batch, n, q, groups, n_state) for t in (b, c))
+    a = log_decay.reshape(batch, n, q, groups, r).permute(0, 3, 4, 1, 2)  # (B, G, R, n, q)
     a_cum = a.cumsum(dim=-1)
-    # 1. inside each chunk: y_i = sum_{j<=i} (c_i . b_j) exp(a_{j+1} + .. + a_i) x_j
-    scores = torch.einsum("bclhn,bcshn->bhcls", c, b) * torch.exp(segment_sum(a))
-    y = torch.einsum("bhcls,bcshp->bclhp", scores, x)
+    # 1. inside each chunk: y_i = sum_{j<=i} (c_i . b_j) exp(a_{j+1} + .. + a_i) x_j  (c . b once per group)
+    scores = torch.einsum("bclgn,bcsgn->bgcls", c, b)[:, :, None] * torch.exp(segment_sum(a))
+    y = torch.einsum("bgrcls,bcsgrp->bclgrp", scores, x)
     # 2. each chunk's own final state, from its inputs decayed to its end
-    to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (B, H, n, q)
-    chunk_states = torch.einsum("bcshn,bhcs,bcshp->bchpn", b, to_end, x)
+    to_end = torch.exp(a_cum[..., -1:] - a_cum).permute(0, 3, 4, 1, 2)[..., None]  # (B, n, q, G, R, 1)
+    chunk_states = torch.einsum("bcsgn,bcsgrp->bcgrpn", b, x * to_end)
     # 3. the state entering each chunk: a recurrence over chunks, written as one decay matrix
-    start = torch.zeros_like(chunk_states[:, :1]) if state is None else state[:, None].to(chunk_states.dtype)
-    chunk_states = torch.cat([start, chunk_states], dim=1)  # (B, n + 1, H, P, N)
-    across = torch.exp(segment_sum(F.pad(a_cum[..., -1], (1, 0))))  # (B, H, n + 1, n + 1)
-    entering = torch.einsum("bhzc,bchpn->bzhpn", across, chunk_states)
+    start = torch.zeros_like(chunk_states[:, :1]) if state is None else \
+        state.reshape(batch, 1, groups, r, p, n_state).to(chunk_states.dtype)
+    chunk_states = torch.cat([start, chunk_states], dim=1)  # (B, n + 1, G, R, P, N)
+    across = torch.exp(segment_sum(F.pad(a_cum[..., -1], (1, 0))))  # (B, G, R, n + 1, n + 1)
+    entering = torch.einsum("bgrzc,bcgrpn->bzgrpn", across, chunk_states)
     # 4. what the entering state adds at each position, decayed from the chunk's start
-    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", c, entering[:, :-1], torch.exp(a_cum))
-    return y.reshape(batch, n * q, heads, -1)[:, :T], entering[:, -1]
+    from_start = torch.exp(a_cum).permute(0, 3, 4, 1, 2)[..., None]  # (B, n, q, G, R, 1)
+    y = y + torch.einsum("bclgn,bcgrpn->bclgrp", c, entering[:, :-1]) * from_start
+    return y.reshape(batch, n * q, heads, p)[:, :T], entering[:, -1].reshape(batch, heads, p, n_state)
 
 
 def ssd_step(x, log_decay, b, c, state):
