@@ -44,9 +44,12 @@ def test_inference_notebook():
 @pytest.mark.skipif(not os.path.isfile(SHIPPED), reason="the shipped model trained/llama_1m is not present")
 def test_model_comparison_notebook(tmp_path):
     book = run_notebook("model_comparison", f'RUNS = ["llama_1m"]\nOUT_DIR = {str(tmp_path)!r}\n'
-                                     f'DATA_DIR = {FIXTURE_DATA!r}\nEVAL_TOKENS = 2048\nSTUDY = "none_here"')
+                                     f'DATA_DIR = {FIXTURE_DATA!r}\nEVAL_TOKENS = 2048\nSTUDY = "none_here"\n'
+                                     'PROBE_STUDY = "none_here"')
     assert os.path.isfile(tmp_path / "curves.png") and os.path.isfile(tmp_path / "summary.md")
     assert "compute multiplier" in outputs_text(book)  # the scaling section: without the study's runs, the shipped report
+    text = outputs_text(book)  # the probes section: the shipped report, or how to make one
+    assert "Capability probe: mqar" in text or "No probe study yet" in text
 
 
 def test_testing_modules_notebook():
