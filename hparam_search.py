@@ -97,9 +97,9 @@ def default_memory_limit(device):
 def trial_configs(preset, base_overrides, values, tokens, study_dir, number):
     """(ModelConfig, TrainConfig) of a trial: the preset, the fixed overrides, the trial's values,
     max_steps from the token budget and the run folder STUDY_DIR/trial_NNNN."""
-    model_cfg, train_cfg = presets.get_preset(preset, **{**base_overrides, **values})
+    model_cfg, train_cfg = presets.get_preset(preset, recipe=False, **{**base_overrides, **values})
     steps = max(1, math.ceil(tokens / (train_cfg.batch_size * train_cfg.grad_accum_steps * model_cfg.max_seq_len)))
-    return presets.get_preset(preset, **{**base_overrides, **values, "max_steps": steps,
+    return presets.get_preset(preset, recipe=False, **{**base_overrides, **values, "max_steps": steps,
                                         "out_dir": study_dir, "name": f"trial_{number:04d}"})
 
 
@@ -246,7 +246,7 @@ def search(study, preset, space, trials, tokens, fixed=None, workers=1, memory_l
             raise ValueError(f"{name}={value!r} is invalid: must be a number > 0 and <= {high:g}")
     storage = storage or ("journal" if workers > 1 else "sqlite")
     space = parse_space(space) if isinstance(space, (list, tuple)) else space
-    presets.get_preset(preset, **(fixed or {}))  # the fixed part must be valid on its own
+    presets.get_preset(preset, recipe=False, **(fixed or {}))  # the fixed part must be valid on its own
     device = tools.pick_device((fixed or {}).get("device", "auto"))
     limit = int(memory_limit_gb * 2**30) if memory_limit_gb is not None else default_memory_limit(device)
     args = argparse.Namespace(study=study, preset=preset, fixed=fixed or {}, tokens=tokens, storage=storage,

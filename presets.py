@@ -15,21 +15,28 @@ import numpy
 import data
 import modules
 from config import ModelConfig, TrainConfig, _choice, split_overrides
+from modules.model import RECIPE_1M
 
 TASK_FIELDS = ("task_vocab", "task_pairs", "task_states", "task_symbols")  # read only by the probes' datasets
 
-# --- named presets ---------------------------------------------------------------------------
+# --- named presets: a preset is a recipe (model and training), so `python train.py --preset NAME`
+# reproduces the shipped run NAME; every architecture's file declares its own -------------------
+# the original template's Llama3_1m_atto shape: RMSNorm, RoPE, SwiGLU (hidden 341), MQA 2:1, tied
+_LLAMA = dict(dim=128, num_layers=4, num_q_heads=2, num_kv_heads=1, head_dim=64, mlp_activation="silu", mlp_gated=True,
+              mlp_hidden_mult=4.0, norm_type="rmsnorm", pos_encoding="rope", rope_theta=10000.0, tie_embeddings=True,
+              tokenizer="bpe2048", max_seq_len=512)
 PRESETS = {
-    # the original template's Llama3_1m_atto shape: RMSNorm, RoPE, SwiGLU (hidden 341), MQA 2:1, tied
-    "llama_1m": dict(dim=128, num_layers=4, num_q_heads=2, num_kv_heads=1, head_dim=64, mlp_activation="silu",
-                     mlp_gated=True, mlp_hidden_mult=4.0, norm_type="rmsnorm", pos_encoding="rope",
-                     rope_theta=10000.0, tie_embeddings=True, tokenizer="bpe2048", max_seq_len=512),
+    "llama_1m": dict(_LLAMA, **RECIPE_1M),
     # GPT-2 style: LayerNorm with bias, learned positions, GELU MLP, full multi-head attention; MLP width 3x
     # (not GPT-2's 4x) so the parameter count matches llama_1m within 1% (989,440 vs 983,680)
     "gpt2_1m": dict(dim=128, num_layers=4, num_q_heads=2, num_kv_heads=2, head_dim=64, mlp_activation="gelu",
                     mlp_gated=False, mlp_hidden_mult=3.0, norm_type="layernorm", norm_bias=True, linear_bias=True,
                     pos_encoding="learned", scale_embedding=False, tie_embeddings=True, tokenizer="bpe2048",
-                    max_seq_len=512),
+                    max_seq_len=512, **RECIPE_1M),
+    # the first hour: llama_1m's design at a quarter of its size and half its context, trained for about
+    # two minutes on a laptop CPU (2.5M tokens) into stories one can read
+    "quick": dict(_LLAMA, dim=96, head_dim=48, max_seq_len=256, batch_size=16, max_steps=600, lr=1e-2,
+                  eval_interval=100, checkpoint_interval=200, eval_tokens=32768),
     # a few-thousand-parameter model for tests, notebooks in CI, and reading shape traces
     "tiny": dict(dim=32, num_layers=2, num_q_heads=2, num_kv_heads=1, head_dim=16, max_seq_len=64,
                  tokenizer="bpe512", mlp_hidden_mult=2.0),
@@ -40,9 +47,9 @@ PRESETS = {
 # ~40M model (about 37.7M non-embedding parameters), with GPU-sensible batches
 _GPU_TRAIN = dict(tokenizer="bpe4096", lr=5e-4, batch_size=128, max_steps=20000, eval_interval=500,
                   checkpoint_interval=1000, eval_tokens=524288)
-PRESETS["llama_stories15m"] = dict(PRESETS["llama_1m"], **_GPU_TRAIN, dim=288, num_layers=6, num_q_heads=6,
+PRESETS["llama_stories15m"] = dict(_LLAMA, **_GPU_TRAIN, dim=288, num_layers=6, num_q_heads=6,
                                    num_kv_heads=6, head_dim=48, max_seq_len=256)
-PRESETS["llama_40m"] = dict(PRESETS["llama_1m"], **{**_GPU_TRAIN, "batch_size": 64}, dim=512, num_layers=12,
+PRESETS["llama_40m"] = dict(_LLAMA, **{**_GPU_TRAIN, "batch_size": 64}, dim=512, num_layers=12,
                             num_q_heads=8, num_kv_heads=8, head_dim=64, max_seq_len=512)
 
 
@@ -77,12 +84,14 @@ def check(model_cfg, train_cfg=None):
     return model_cfg, train_cfg
 
 
-def get_preset(preset, /, size=None, **overrides):
+def get_preset(preset, /, size=None, recipe=True, **overrides):
     """(ModelConfig, TrainConfig) for a named preset, with any field overridden by keyword; with
     size ('4M', 250000), the preset's width and depth scaled to about that many non-embedding
-    parameters first (see `sized`)."""
+    parameters first (see `sized`). recipe=False leaves out the shipped runs' training recipe
+    (RECIPE_1M's fields), for studies that set their own schedule."""
     _choice("preset", preset, PRESETS)
-    model_kw, train_kw = split_overrides({**PRESETS[preset], **(sized(preset, size) if size else {}), **overrides})
+    fields = {k: v for k, v in PRESETS[preset].items() if recipe or k not in RECIPE_1M}
+    model_kw, train_kw = split_overrides({**fields, **(sized(preset, size) if size else {}), **overrides})
     train_kw.setdefault("name", f"my_{preset}")  # never a shipped run's folder by default
     return check(ModelConfig(**model_kw), TrainConfig(**train_kw))
 
@@ -94,6 +103,7 @@ def demo_config(model_type):
     _choice("model_type", model_type, modules.MODEL_REGISTRY)
     base = next((PRESETS[n] for n in BUILT_IN if PRESETS[n].get("model_type", "gpt") == model_type),
                 {"model_type": model_type})
+    base = {k: v for k, v in base.items() if k not in RECIPE_1M}
     shrink = dict(dim=16, num_layers=2, head_dim=8, max_seq_len=16, tokenizer="bpe512",
                   **modules.MODEL_REGISTRY[model_type].demo_overrides)
     return check(ModelConfig(**split_overrides({**base, **shrink})[0]))[0]

@@ -72,7 +72,7 @@ def plan(study, preset_names, widths, difficulties, lrs, seeds, layers=2, overri
                         kw = {**DEFAULTS, **(overrides or {}), **at_width(preset, width, layers), "max_seq_len": length,
                               "task_pairs": pairs, "lr": lr, "seed": seed, "out_dir": os.path.join(folder, study),
                               "name": name}
-                        model_cfg, train_cfg = presets.get_preset(preset, **kw)
+                        model_cfg, train_cfg = presets.get_preset(preset, recipe=False, **kw)
                         cell = {"preset": preset, "width": width, "difficulty": f"{length}:{pairs}", "lr": lr,
                                 "seed": seed}
                         planned.append((model_cfg, train_cfg, cell))

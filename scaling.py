@@ -65,12 +65,12 @@ def plan(study, preset_names, sizes, seeds, tokens_per_param=10.0, overrides=Non
             for size in sizes:
                 kw = dict(overrides or {}, seed=seed, out_dir=os.path.join(folder, study),
                           name=f"{preset}_{size}_s{seed}")
-                model_cfg, train_cfg = presets.get_preset(preset, size=size, **kw)
+                model_cfg, train_cfg = presets.get_preset(preset, size=size, recipe=False, **kw)
                 tokens_per_step = train_cfg.batch_size * train_cfg.grad_accum_steps * model_cfg.max_seq_len
                 budget = tokens_per_param * presets.non_embedding_params(model_cfg)
                 steps = max(1, round(budget / tokens_per_step))
                 interval = max(1, steps // 5)  # five evaluations: a curve, at a fraction of the training cost
-                model_cfg, train_cfg = presets.get_preset(preset, size=size, **{
+                model_cfg, train_cfg = presets.get_preset(preset, size=size, recipe=False, **{
                     "max_steps": steps, "eval_interval": interval, "checkpoint_interval": interval, **kw})
                 planned.append((model_cfg, train_cfg, {"preset": preset, "size": str(size), "seed": seed}))
     return planned

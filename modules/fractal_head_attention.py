@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from modules.attention import Attention, apply_rope, rope_frequencies, rope_tables
 from modules.layer import ResidualLayer
 from modules.logging import log_io
-from modules.model import GPT
+from modules.model import GPT, RECIPE_1M
 
 
 def level_sizes(cfg):
@@ -133,7 +133,8 @@ class FractalHeadGPT(GPT):
     validate_config = staticmethod(validate_config)
     own_fields = ("fractal_split", "fractal_scale", "fractal_rope")
     _fha_1m = dict(model_type="fha", dim=64, num_layers=4, num_q_heads=3, num_kv_heads=1, head_dim=64, fractal_split=2,
-                   mlp_gated=True, mlp_activation="silu", mlp_hidden_mult=8.0, tokenizer="bpe2048", max_seq_len=512)
+                   mlp_gated=True, mlp_activation="silu", mlp_hidden_mult=8.0, tokenizer="bpe2048", max_seq_len=512,
+                   **RECIPE_1M)
     presets = {
         # sized like the original shipped model (3 query heads: 1x64, 2x32, 4x16)
         "fha_1m": _fha_1m,

@@ -34,7 +34,7 @@ from torch import nn
 from modules.layer import make_norm
 from modules.logging import LoggingModule, log_io
 from config import IGNORE_INDEX
-from modules.model import GPT
+from modules.model import GPT, RECIPE_1M
 
 BAG_LOSSES = ("bag_ce", "bce")
 
@@ -130,7 +130,8 @@ class FutureFormer(GPT):
     _ff_1m = dict(model_type="ff", dim=128, num_layers=4, num_q_heads=2, num_kv_heads=1, head_dim=64,
                   mlp_activation="silu", mlp_gated=True, mlp_hidden_mult=4.0, norm_type="rmsnorm", pos_encoding="rope",
                   rope_theta=10000.0, tie_embeddings=True, tokenizer="bpe2048", max_seq_len=512,
-                  ff_scales=2, ff_mult=2, ff_window="disjoint", ff_target="mean", ff_loss="cos", ff_lambda=0.5)
+                  ff_scales=2, ff_mult=2, ff_window="disjoint", ff_target="mean", ff_loss="cos", ff_lambda=0.5,
+                  **RECIPE_1M)
     presets = {
         "ff_1m": _ff_1m,
         # its control: the same model and parameters, trained on the next-token loss alone (lambda 0)

@@ -30,7 +30,7 @@ from torch import nn
 
 from modules.attention import DecodeCache
 from modules.logging import LoggingModule, log_io
-from modules.model import GPT
+from modules.model import GPT, RECIPE_1M
 from modules.norm import Norm
 
 
@@ -258,7 +258,7 @@ class Mamba2(GPT):
         # parameters (970,512 against 983,680, -1.3%). No MLP, no positions, as in the paper's models
         "mamba2_1m": dict(model_type="mamba2", dim=128, num_layers=6, mamba_expand=2, mamba_head_dim=32,
                           mamba_state_dim=64, mamba_groups=1, mamba_conv_width=4, mamba_chunk_size=64,
-                          norm_type="rmsnorm", pos_encoding="none", tokenizer="bpe2048", max_seq_len=512),
+                          norm_type="rmsnorm", pos_encoding="none", tokenizer="bpe2048", max_seq_len=512, **RECIPE_1M),
     }
 
     def make_layer(self, cfg, layer_idx):

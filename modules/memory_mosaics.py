@@ -27,7 +27,7 @@ from torch import nn
 from modules.attention import DecodeCache
 from modules.layer import ResidualLayer
 from modules.logging import LoggingModule, log_io
-from modules.model import GPT
+from modules.model import GPT, RECIPE_1M
 
 SCALAR_MULT = 10.0  # per-head scalars are stored /10 and used x10
 EPS = 1e-10
@@ -264,7 +264,7 @@ class MemoryMosaics(GPT):
         # match llama_1m (LayerNorm without bias and no positions, as the reference)
         "mm_1m": dict(model_type="mm", dim=128, num_layers=4, num_q_heads=2, head_dim=0, mm_pmem_size=384,
                       norm_type="layernorm", norm_bias=False, norm_eps=1e-5, pos_encoding="none",
-                      scale_embedding=False, tie_embeddings=True, tokenizer="bpe2048", max_seq_len=512),
+                      scale_embedding=False, tie_embeddings=True, tokenizer="bpe2048", max_seq_len=512, **RECIPE_1M),
     }
 
     def make_layer(self, cfg, layer_idx):

@@ -283,3 +283,24 @@ def test_the_walk_finds_what_it_looks_for():
     assert sorted(w for _, w in architecture_mentions("if cfg.model_type == 'mm':\n    n = cfg.mm_pmem_size\n"
                                                        "from modules.future_former import FutureFormer\n")) == sorted([
         "compares model_type", "spells 'mm'", "reads .mm_pmem_size", "imports modules.future_former"])
+
+
+def test_every_shipped_run_is_its_preset():
+    """`python train.py --preset NAME` reproduces the shipped run NAME: its stored configs equal the
+    preset's (the data folder aside; a run NAME_seedS is the preset at --seed S)."""
+    import momem  # noqa: F401  (registers MoMeM's presets)
+    checked = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "trained", "*", "train_config.json"))):
+        run = os.path.dirname(path)
+        name = os.path.basename(run)
+        stored = runs.load_configs(run)
+        preset = name.split("_seed")[0]
+        if preset not in presets.PRESETS:
+            continue
+        expected = presets.get_preset(preset, name=name, seed=stored[1].seed)
+        for got, want in zip(stored, expected):
+            differ = {k: (v, getattr(want, k)) for k, v in config.to_dict(got).items()
+                      if v != getattr(want, k) and k != "data_dir"}
+            assert not differ, f"trained/{name} differs from preset {preset!r}: {differ}"
+        checked.append(name)
+    assert {"llama_1m", "gpt2_1m", "mm_1m", "ff_1m", "fha_1m", "momem_ner"} <= set(checked), checked
