@@ -24,6 +24,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import runs  # noqa: E402
+from workers import aggregate_tokens_per_s  # noqa: E402  (bench/workers.py)
 
 DATA = os.environ.get("MMS_DATA_DIR") or os.path.join(ROOT, "..", "shared", "data", "tinystories")
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "stories")
@@ -87,13 +88,11 @@ def gpu_checks(report, out):
     if os.path.isfile(os.path.join(runs_dir, "stories15m", "log_data.csv")):
         plot_loss(os.path.join(runs_dir, "stories15m"), os.path.join(out, "loss_curve.png"))
         report.append("![loss curve](loss_curve.png)\n")
-    one = lambda i: train_command(runs_dir, f"worker{i}", data_dir, preset="llama_1m", batch_size=64,  # noqa: E731
-                                  max_steps=150, eval_interval=150, checkpoint_interval=150, eval_tokens=32768)
     rates = {}
     for workers in (1, 8):
         start = time.perf_counter()
-        codes, rates[workers] = runs.run_workers([one(i) for i in range(workers)], lambda: [
-            os.path.join(runs_dir, f"worker{i}") for i in range(workers)])
+        rates[workers], codes = aggregate_tokens_per_s(workers, os.path.join(runs_dir, f"workers{workers}"),
+                                                       steps=150, batch_size=64, data_dir=data_dir)
         report.append(f"## 5. {workers} llama_1m run(s) at once on one GPU\n\n{rates[workers]:,.0f} tokens/s in all "
                       f"(compile and evaluation included), {time.perf_counter() - start:.0f} s, exit codes {codes}\n")
         if any(codes):
