@@ -106,7 +106,7 @@ def plot_curves(runs, path=None, final_deltas=None):
         short = ", ".join(f"{n} ({s:,} steps)" for n, s in lengths.items() if s < max(lengths.values()))
         note = f"\nruns of different lengths: {short} end early (their cosine schedules ended sooner too)"
     handles = [Line2D([], [], color=colors[i % len(colors)], label=name) for i, name in enumerate(logs)]
-    handles += [Line2D([], [], color="gray", label="validation"), Line2D([], [], color="gray", linestyle="--",
+    handles += [Line2D([], [], color="black", label="validation"), Line2D([], [], color="black", linestyle="--",
                                                                           label="train (mean since last eval)")]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9, frameon=False)
     fig.suptitle("train (dashed) and validation (solid) loss" + note)
