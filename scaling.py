@@ -22,6 +22,7 @@ by the compute the architecture used (above 1: the architecture is worth that ma
 baseline's compute). Confidence intervals resample the seeds of every (architecture, size) cell
 with replacement (bootstrap); `alpha - alpha_baseline` says whether the gain grows with scale.
 """
+import fcntl
 import json
 import math
 import os
@@ -107,17 +108,20 @@ def run_study(planned, shard=(0, 1), progress=True, script="scaling.py"):
 
 
 def _record(study_dir, name, cell):
-    """study.json: which preset, size and seed every run of the study is (what the report groups by)."""
+    """study.json: which cell of the grid every run of the study is (what the report groups by).
+    Read, updated and written under a lock: workers and shards record their runs at once."""
     path = os.path.join(study_dir, "study.json")
-    cells = _read_cells(path) if os.path.isfile(path) else {}
-    if cells.get(name) != cell:
-        cells[name] = cell
-        os.makedirs(study_dir, exist_ok=True)
+    os.makedirs(study_dir, exist_ok=True)
+    with open(os.path.join(study_dir, ".study.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        cells = _read_cells(path) if os.path.isfile(path) else {}
+        if cells.get(name) != cell:
+            cells[name] = cell
 
-        def write(tmp):
-            with open(tmp, "w") as f:
-                json.dump(cells, f, indent=1)
-        tools.atomic_save(write, path)
+            def write(tmp):
+                with open(tmp, "w") as f:
+                    json.dump(cells, f, indent=1)
+            tools.atomic_save(write, path)
 
 
 def _read_cells(path):

@@ -70,7 +70,9 @@ def test_every_readme_command_has_a_rule():
 
 
 def runnable():
-    return [w for w in readme_commands() if isinstance(rule_for(w)[1], list)]
+    """The commands to run, each once (a docs page may repeat the README's), in page order."""
+    commands = [w for w in readme_commands() if isinstance(rule_for(w)[1], list)]
+    return [w for i, w in enumerate(commands) if w not in commands[:i]]
 
 
 @pytest.mark.skipif(not SHIPPED, reason="the shipped models (trained/) are not present")
