@@ -20,6 +20,36 @@ needs_shared_data = pytest.mark.skipif(
     reason=f"TinyStories text not found at {SHARED_DATA} (set MMS_DATA_DIR to a folder with train.txt/valid.txt)")
 
 
+# The quick tier, `python -m pytest -q -m "not slow"` (about a minute on 2 cores; the full suite about
+# six): the tests that took 3 s or more in a full run with --durations are marked slow here (whole
+# notebooks and README commands, subprocess crashes and resumes, sweeps, compiled decoding, the
+# slowest leak detectors). Causality, cache parity and every other check stay in the quick tier.
+SLOW = (
+    "tests/test_notebooks.py::", "tests/test_readme.py::test_readme_commands_run_as_written",
+    "tests/test_distributed.py::test_interrupted_two_process_run_resumes_exactly",
+    "tests/test_distributed.py::test_two_gloo_processes_equal_one_process",
+    "tests/test_first_hour.py::test_the_default_training_path_repeats_bit_for_bit",
+    "tests/test_fuzz_cli.py::test_fuzz_comparison_cli", "tests/test_fuzz_cli.py::test_fuzz_inference_cli",
+    "tests/test_fuzz_cli.py::test_fuzz_momem_cli", "tests/test_generation.py::test_compiled_decode_step_equals_eager",
+    "tests/test_gpu_check.py::", "tests/test_hparam_search.py::test_memory_estimate_within_a_factor",
+    "tests/test_hparam_search.py::test_out_of_memory_in_training_prunes_the_trial",
+    "tests/test_hparam_search.py::test_tiny_study_end_to_end_then_resumes",
+    "tests/test_hparam_search.py::test_two_workers_share_one_study",
+    "tests/test_future_former.py::test_random_token_leak_detector", "tests/test_mamba2.py::test_random_token_leak_detector",
+    "tests/test_memory_mosaics.py::test_random_token_leak_detector",
+    "tests/test_reliability.py::test_disk_full_on_a_small_tmpfs_then_resume",
+    "tests/test_reliability.py::test_sigkill_at_random_moments_loses_nothing",
+    "tests/test_reliability.py::test_two_processes_started_with_one_name",
+    "tests/test_scaling.py::test_two_workers_train_to_the_same_results_as_one_after_the_other",
+)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.nodeid.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
+
+
 MODEL_FIELDS = [f.name for f in dataclasses.fields(config.ModelConfig) if f.init]
 TRAIN_FIELDS = [f.name for f in dataclasses.fields(config.TrainConfig) if f.init]
 # train.py on the tiny preset and the fixture stories, on the CPU, as the subprocess tests run it

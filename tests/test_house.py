@@ -304,3 +304,20 @@ def test_every_shipped_run_is_its_preset():
             assert not differ, f"trained/{name} differs from preset {preset!r}: {differ}"
         checked.append(name)
     assert {"llama_1m", "gpt2_1m", "mm_1m", "ff_1m", "fha_1m", "momem_ner"} <= set(checked), checked
+
+
+def test_the_quick_tier_keeps_the_checks_that_matter_and_drops_the_slow_ones():
+    """`-m "not slow"` still runs every architecture's causality and cache checks and the layout
+    tests, and leaves out the notebooks, the README's commands and the crash tests."""
+    listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not slow", "tests"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120).stdout.splitlines()
+    quick = {line for line in listed if "::" in line}
+    assert not any(line.startswith(("tests/test_notebooks.py", "tests/test_readme.py::test_readme_commands_run"))
+                   for line in quick)
+    assert "tests/test_reliability.py::test_sigkill_at_random_moments_loses_nothing" not in quick
+    for needed in ("tests/test_mamba2.py::test_causality_and_cache", "tests/test_fractal_head_attention.py::"
+                   "test_causality_cache_and_leak", "tests/test_house.py::test_no_core_file_names_an_architecture",
+                   "tests/test_generation.py::test_every_architecture_generates_batched_with_cache_equal_to_"
+                   "recomputation"):
+        assert any(line.startswith(needed) for line in quick), needed
+    assert len(quick) > 300  # most tests are quick
