@@ -93,7 +93,9 @@ def cells(table):
     out = grouped.agg(accuracy=("val_acc", "mean"), lo=("val_acc", "min"), hi=("val_acc", "max"),
                       se=("val_acc_se", "mean"), seeds=("seed", "nunique"),
                       best_lrs=("lr", lambda v: " ".join(f"{x:g}" for x in v))).reset_index()
-    return out
+    order = {preset: i for i, preset in enumerate(dict.fromkeys(table["preset"]))}  # as planned; easy tasks first
+    key = out.assign(_p=out["preset"].map(order), _l=[tuple(map(int, d.split(":"))) for d in out["difficulty"]])
+    return out.loc[key.sort_values(["_p", "width", "_l"]).index].reset_index(drop=True)
 
 
 def plot_probes(summary, path=None):
@@ -101,7 +103,7 @@ def plot_probes(summary, path=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    difficulties = list(dict.fromkeys(summary["difficulty"]))
+    difficulties = sorted(set(summary["difficulty"]), key=lambda d: tuple(map(int, d.split(":"))))
     fig, axes = plt.subplots(1, len(difficulties), figsize=(4.2 * len(difficulties), 3.6), squeeze=False, sharey=True)
     for ax, difficulty in zip(axes[0], difficulties):
         part = summary[summary["difficulty"] == difficulty]
