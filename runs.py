@@ -16,6 +16,7 @@ import fcntl
 import os
 import shutil
 import subprocess
+import time
 from types import SimpleNamespace
 
 import torch
@@ -314,7 +315,6 @@ def run_workers(commands, folders, cwd=config.ROOT):
     """Run one process per command at once (worker_env(i, len(commands)) each) and wait for all;
     returns (exit codes, aggregate tokens/s: tokens the logs of folders() gained / wall-clock).
     folders() lists the study's run folders, asked before and after (workers may add some)."""
-    import time
     before, start = tokens_logged(folders()), time.perf_counter()
     procs = [subprocess.Popen(cmd, cwd=cwd, env=worker_env(i, len(commands))) for i, cmd in enumerate(commands)]
     try:
