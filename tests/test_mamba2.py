@@ -85,7 +85,7 @@ def test_left_padded_batch_decodes_as_each_row_alone():
 
 
 def cache_bytes(cache):
-    return sum(t.numel() * t.element_size() for t in (*cache.conv, *cache.ssm))
+    return sum(t.numel() * t.element_size() for t in (cache.conv, cache.ssm))
 
 
 def test_the_cache_does_not_grow_with_the_tokens_generated():
