@@ -114,6 +114,7 @@ def plot_probes(summary, path=None):
         length, pairs = difficulty.split(":")
         ax.set(xscale="log", xlabel="width (dim)", title=f"length {length}, {pairs} pairs", ylim=(-0.02, 1.02))
         ax.set_xticks(sorted(set(part["width"])), labels=[str(w) for w in sorted(set(part["width"]))])
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy on answers (best lr)")
     axes[0][-1].legend(fontsize=8)
