@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules.attention import DecodeCache
+from modules.layer import make_norm
 from modules.logging import LoggingModule, log_io
 from modules.model import GPT, RECIPE_1M
 from modules.norm import Norm
@@ -199,16 +200,12 @@ class Mamba2Mixer(LoggingModule):
         """The duality written out: M (B, H, T, T) and x (B, T, H, P) with the scan's output
         y_i = sum_j M[i, j] x_j (before the D skip), M[i, j] = (C_i . B_j) exp(dt A summed over
         (j, i]) dt_j: a causal, decay-masked attention matrix without softmax."""
-        batch, T, _ = u.shape
-        _, xbc, dt = self.in_proj(u).split([self.d_inner, self.conv_channels, self.heads], dim=-1)
-        dt = F.softplus(dt + self.dt_bias).float()
-        x, b, c = self.convolve(xbc).float().split(
-            [self.d_inner, self.groups * self.state_dim, self.groups * self.state_dim], dim=-1)
+        _, x, dt, b, c = (t.float() for t in self.project(u))
         per_group = self.heads // self.groups
-        b, c = (t.reshape(batch, T, self.groups, self.state_dim).repeat_interleave(per_group, dim=2) for t in (b, c))
+        b, c = (t.repeat_interleave(per_group, dim=2) for t in (b, c))  # (B, T, H, N)
         decay = torch.exp(segment_sum((dt * -torch.exp(self.A_log.float())).transpose(1, 2)))  # (B, H, T, T)
         m = torch.einsum("bihn,bjhn->bhij", c, b) * decay * dt.transpose(1, 2)[:, :, None, :]
-        return m, x.reshape(batch, T, self.heads, self.head_dim)
+        return m, x
 
     @torch.no_grad()
     def mixing_map(self, u):
@@ -218,7 +215,9 @@ class Mamba2Mixer(LoggingModule):
         return m / m.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(m.dtype).tiny)
 
     @log_io
-    def forward(self, u, positions=None, cache=None):
+    def project(self, u, cache=None):
+        """(B, T, C) -> the gate z (B, T, E), x (B, T, H, P), the steps dt (B, T, H) and b, c
+        (B, T, G, N): the input projection, softplus and the convolution, before the scan."""
         batch, T, _ = u.shape
         z, xbc, dt = self.in_proj(u).split([self.d_inner, self.conv_channels, self.heads], dim=-1)
         dt = F.softplus(dt + self.dt_bias)
@@ -227,10 +226,13 @@ class Mamba2Mixer(LoggingModule):
             xbc, dt = xbc * real, dt * real
         x, b, c = self.convolve(xbc, cache).split(
             [self.d_inner, self.groups * self.state_dim, self.groups * self.state_dim], dim=-1)
-        y = self.scan(x.reshape(batch, T, self.heads, self.head_dim), dt,
-                      b.reshape(batch, T, self.groups, self.state_dim), c.reshape(batch, T, self.groups, self.state_dim),
-                      cache)
-        y = y.reshape(batch, T, self.d_inner).to(u.dtype)
+        grouped = (batch, T, self.groups, self.state_dim)
+        return z, x.reshape(batch, T, self.heads, self.head_dim), dt, b.reshape(grouped), c.reshape(grouped)
+
+    @log_io
+    def forward(self, u, positions=None, cache=None):
+        z, x, dt, b, c = self.project(u, cache)
+        y = self.scan(x, dt, b, c, cache).flatten(2).to(u.dtype)  # (B, T, E)
         return self.out_proj(self.norm(y * F.silu(z)))
 
 
@@ -239,7 +241,7 @@ class Mamba2Block(LoggingModule):
 
     def __init__(self, cfg, layer_idx):
         super().__init__()
-        self.norm = Norm(cfg.dim, cfg.norm_type, cfg.norm_affine, cfg.norm_bias, cfg.norm_eps)
+        self.norm = make_norm(cfg)
         self.mixer, self.dropout = Mamba2Mixer(cfg, layer_idx), nn.Dropout(cfg.dropout)
 
     @log_io
