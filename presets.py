@@ -128,6 +128,18 @@ def parse_size(size):
     return int(value)
 
 
+def width_overrides(fields, base, dim):
+    """The fields that keep every ratio a preset (its `fields`, built as `base`) fixes to the width
+    at width `dim`: head_dim (even, for RoPE) and its architecture's `width_fields`."""
+    kw = {}
+    if fields.get("head_dim"):
+        kw["head_dim"] = max(2, round(base.head_dim * dim / base.dim / 2) * 2)
+    for name in modules.MODEL_REGISTRY[base.model_type].width_fields:
+        if fields.get(name):
+            kw[name] = max(1, round(getattr(base, name) * dim / base.dim))
+    return kw
+
+
 def sized(preset, size):
     """Overrides that take `preset` to about `size` non-embedding parameters: depth grows with
     the cube root of the ratio, width is then searched; every ratio to the width the preset fixes
@@ -143,13 +155,7 @@ def sized(preset, size):
     floor = architecture.depth_floor(base)
 
     def config_at(dim, layers):
-        kw = {**base_kw, "dim": dim, "num_layers": layers}
-        if base_kw.get("head_dim"):
-            kw["head_dim"] = max(2, round(base.head_dim * dim / base.dim / 2) * 2)  # even, for RoPE
-        for name in architecture.width_fields:
-            if base_kw.get(name):
-                kw[name] = max(1, round(getattr(base, name) * dim / base.dim))
-        return ModelConfig(**kw)
+        return ModelConfig(**{**base_kw, "dim": dim, "num_layers": layers, **width_overrides(base_kw, base, dim)})
 
     @functools.lru_cache(maxsize=None)
     def per_layer(dim):

@@ -46,15 +46,8 @@ def at_width(preset, width, layers):
     """Model overrides that take a preset to width `width` (dim) and `layers` layers (at least
     the architecture's floor), keeping every ratio to the width (head_dim, `width_fields`)."""
     base, _ = presets.get_preset(preset)
-    architecture = modules.MODEL_REGISTRY[base.model_type]
-    fields = presets.PRESETS[preset]
-    kw = {"dim": width, "num_layers": max(layers, architecture.depth_floor(base))}
-    if fields.get("head_dim"):
-        kw["head_dim"] = max(2, round(base.head_dim * width / base.dim / 2) * 2)
-    for name in architecture.width_fields:
-        if fields.get(name):
-            kw[name] = max(1, round(getattr(base, name) * width / base.dim))
-    return kw
+    return {"dim": width, "num_layers": max(layers, modules.MODEL_REGISTRY[base.model_type].depth_floor(base)),
+            **presets.width_overrides(presets.PRESETS[preset], base, width)}
 
 
 def plan(study, preset_names, widths, difficulties, lrs, seeds, layers=2, overrides=None, folder=PROBES):
@@ -160,13 +153,8 @@ def main(argv=None):
     p.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 3e-3], help="learning rates; the best one is reported")
     p.add_argument("--seeds", nargs="+", type=int, default=[1], help="seeds per cell (default 1)")
     p.add_argument("--layers", type=int, default=2, help="layers of every run (default 2, Zoology's)")
-    p.add_argument("--shard", default="0/1", help="train only every N-th run from the I-th (I/N)")
-    p.add_argument("--workers", type=int, default=1, help="train the runs in N processes at once, then report")
-    p.add_argument("--folder", default=PROBES, help="parent folder of studies (default trained/probes)")
-    p.add_argument("--no_train", action="store_true", help="only report the finished runs")
-    p.add_argument("--no_report", action="store_true", help="only train (a worker's part; report later)")
+    scaling.add_study_arguments(p, PROBES)
     p.add_argument("--out", default="", help="folder for summary.md and probes.png (default: the study's folder)")
-    p.add_argument("--no_progress", action="store_true", help="no progress bars")
     config.add_config_arguments(p, title="config fields for every run (e.g. --dataset icll, --max_steps, --device)")
     args = p.parse_args(argv)
     try:
@@ -178,11 +166,8 @@ def main(argv=None):
                              "(--widths, --layers, --difficulties, --lrs, --seeds)")
         planned = plan(args.study, args.presets, args.widths, args.difficulties, args.lrs, args.seeds, args.layers,
                        overrides, args.folder)
-        if not args.no_train and args.workers != 1:
-            scaling.train_in_workers(argv, planned, args.workers, script=os.path.abspath(__file__))
-        elif not args.no_train:
-            scaling.run_study(planned, scaling.parse_shard(args.shard), progress=not args.no_progress,
-                              script="probes.py")
+        if not args.no_train:
+            scaling.train_study(argv, planned, args, os.path.abspath(__file__))
         if args.no_report:
             return
         _, summary = report(os.path.join(args.folder, args.study), args.out or None)

@@ -359,7 +359,7 @@ def parse_shard(text):
     return index, count
 
 
-def train_in_workers(argv, planned, workers, script=os.path.abspath(__file__)):
+def train_in_workers(argv, planned, workers, script):
     """Run this command's training (`script` with argv) in `workers` processes (shard i/workers
     each, no report) on this machine; prints the aggregate tokens/s."""
     if not isinstance(workers, int) or not 1 <= workers <= 64:
@@ -376,6 +376,27 @@ def train_in_workers(argv, planned, workers, script=os.path.abspath(__file__)):
                          "run the same command again to go on where they stopped")
 
 
+def add_study_arguments(p, folder):
+    """The options every study's command shares: where its runs live, how to split the training
+    (--shard, --workers), and whether to train or report only."""
+    p.add_argument("--folder", default=folder, help=f"parent folder of studies (default {os.path.relpath(folder, config.ROOT)})")
+    p.add_argument("--shard", default="0/1", help="train only every N-th run from the I-th (I/N), one process per shard")
+    p.add_argument("--workers", type=int, default=1, help="train the runs in N processes at once on this machine "
+                   "(shards 0/N .. N-1/N), then report (default 1)")
+    p.add_argument("--no_train", action="store_true", help="only report the finished runs")
+    p.add_argument("--no_report", action="store_true", help="only train (a worker's part; report later)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bars")
+
+
+def train_study(argv, planned, args, script):
+    """Train a study's planned runs as its command asked (add_study_arguments): in --workers
+    processes, or this process's --shard. `script` is the study's command file."""
+    if args.workers != 1:
+        train_in_workers(argv, planned, args.workers, script)
+    else:
+        run_study(planned, parse_shard(args.shard), progress=not args.no_progress, script=os.path.basename(script))
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     p = tools.ArgumentParser(description=__doc__)
@@ -387,15 +408,9 @@ def main(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2], help="seeds per cell (default: 1 2)")
     p.add_argument("--tokens_per_param", type=float, default=10.0,
                    help="token budget per non-embedding parameter (default 10; Chinchilla-optimal is about 20)")
-    p.add_argument("--shard", default="0/1", help="train only every N-th run from the I-th (I/N), one process per shard")
-    p.add_argument("--folder", default=STUDIES, help="parent folder of studies (default trained/scaling)")
-    p.add_argument("--workers", type=int, default=1, help="train the runs in N processes at once on this machine "
-                   "(shards 0/N .. N-1/N), then report (default 1)")
-    p.add_argument("--no_train", action="store_true", help="only report the finished runs")
-    p.add_argument("--no_report", action="store_true", help="only train (a worker's part; report later)")
+    add_study_arguments(p, STUDIES)
     p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--out", default="", help="folder for summary.md and scaling.png (default: the study's folder)")
-    p.add_argument("--no_progress", action="store_true", help="no progress bars")
     config.add_config_arguments(p, title="config fields for every run (override the presets; e.g. --device cuda)")
     args = p.parse_args(argv)
     try:
@@ -405,10 +420,8 @@ def main(argv=None):
             raise ValueError(f"{', '.join('--' + k for k in taken)} cannot be set here: the study sets every run's "
                              "name, folder, seed (--seeds) and steps (--tokens_per_param)")
         planned = plan(args.study, args.presets, args.sizes, args.seeds, args.tokens_per_param, overrides, args.folder)
-        if not args.no_train and args.workers != 1:
-            train_in_workers(argv, planned, args.workers)
-        elif not args.no_train:
-            run_study(planned, parse_shard(args.shard), progress=not args.no_progress)
+        if not args.no_train:
+            train_study(argv, planned, args, os.path.abspath(__file__))
         if args.no_report:
             return
         table, cells, fits = report(os.path.join(args.folder, args.study), args.out or None, boot=args.boot,
