@@ -22,6 +22,7 @@ Optuna journal file (safe for several processes; on a machine with GPUs each wor
 At the end: summary.md (every trial), history.png and params.png next to the trials.
 """
 import argparse
+import glob
 import json
 import math
 import os
@@ -31,6 +32,7 @@ import sys
 
 import config
 import presets
+import runs
 
 SWEEPS = os.path.join(config.ROOT, "trained", "sweeps")
 OOM_EXIT = 3  # a trial's child process exits with this after an out-of-memory error
@@ -254,8 +256,6 @@ def search(study, preset, space, trials, tokens, fixed=None, workers=1, memory_l
     study_obj = open_study(study, storage, args.study_dir)
     remaining = trials - len(finished(study_obj))
     if remaining > 0 and workers > 1:
-        import glob
-        import runs
         per_worker = [remaining // workers + (i < remaining % workers) for i in range(workers)]
         commands = []
         for i, n in enumerate(w for w in per_worker if w):
