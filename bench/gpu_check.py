@@ -24,10 +24,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import runs  # noqa: E402
-from workers import aggregate_tokens_per_s  # noqa: E402  (bench/workers.py)
+from workers import DATA, FIXTURE, aggregate_tokens_per_s, train_command  # noqa: E402  (bench/workers.py)
 
-DATA = os.environ.get("MMS_DATA_DIR") or os.path.join(ROOT, "..", "shared", "data", "tinystories")
-FIXTURE = os.path.join(ROOT, "tests", "fixtures", "stories")
 FAILED = []  # titles of the checks that did not exit 0
 
 
@@ -47,12 +45,6 @@ def step(report, title, command, timeout):
         FAILED.append(title)
     print(f"{title}: exit {code} in {seconds:.0f} s", flush=True)
     return code, output
-
-
-def train_command(out, name, data_dir, **fields):
-    flags = [f"--{k}={v}" for k, v in fields.items()]
-    return [sys.executable, "train.py", "--name", name, "--out_dir", out, "--data_dir", data_dir, "--no_progress",
-            "--overwrite", *flags]
 
 
 def plot_loss(run_dir, path):

@@ -24,13 +24,19 @@ DATA = os.environ.get("MMS_DATA_DIR") or os.path.join(ROOT, "..", "shared", "dat
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "stories")
 
 
+def train_command(out, name, data_dir, **fields):
+    """The train.py command of one run folder out/name, quiet, with `fields` as config flags."""
+    flags = [f"--{k}={v}" for k, v in fields.items()]
+    return [sys.executable, "train.py", "--name", name, "--out_dir", out, "--data_dir", data_dir, "--no_progress",
+            "--overwrite", *flags]
+
+
 def aggregate_tokens_per_s(workers, folder, preset="llama_1m", steps=60, batch_size=8, data_dir=None):
     """(tokens/s of `workers` runs trained at once, their exit codes)."""
     data_dir = data_dir or (DATA if os.path.isdir(DATA) else FIXTURE)
-    commands = [[sys.executable, "train.py", "--preset", preset, "--name", f"worker{i}", "--out_dir", folder,
-                 "--data_dir", data_dir, "--max_steps", str(steps), "--batch_size", str(batch_size),
-                 "--eval_interval", str(steps), "--checkpoint_interval", str(steps), "--eval_tokens", "32768",
-                 "--overwrite", "--no_progress"] for i in range(workers)]
+    commands = [train_command(folder, f"worker{i}", data_dir, preset=preset, max_steps=steps, batch_size=batch_size,
+                              eval_interval=steps, checkpoint_interval=steps, eval_tokens=32768)
+                for i in range(workers)]
     codes, tokens_per_s = runs.run_workers(commands, lambda: [os.path.join(folder, f"worker{i}") for i in range(workers)])
     return tokens_per_s, codes
 
