@@ -75,12 +75,12 @@ def check(model_cfg, train_cfg=None):
     modules.validate_config(model_cfg)
     if train_cfg is not None:
         used = getattr(data.dataset_class(train_cfg.dataset), "uses_fields", ())
-        defaults = TrainConfig()
         for name in TASK_FIELDS:
-            if name not in used and getattr(train_cfg, name) != getattr(defaults, name):
+            default = TrainConfig.__dataclass_fields__[name].default
+            if name not in used and getattr(train_cfg, name) != default:
                 raise ValueError(f"{name}={getattr(train_cfg, name)!r} is invalid for dataset={train_cfg.dataset!r}: it is "
                                  f"a knob of the capability probes (tasks.py), so it would change nothing; leave it at "
-                                 f"its default {getattr(defaults, name)!r}")
+                                 f"its default {default!r}")
     return model_cfg, train_cfg
 
 
