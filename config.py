@@ -40,11 +40,6 @@ def _choice(name, value, options):
     _check(value in options, name, value, f"must be one of {list(options)}")
 
 
-def choices(cls, name):
-    """The allowed values of a Literal field, e.g. choices(ModelConfig, 'norm_type')."""
-    return typing.get_args(next(f.type for f in dataclasses.fields(cls) if f.name == name))
-
-
 def check_folder_name(field, value):
     """A run or study name becomes one folder inside the output folder: it may not hold a path."""
     _check(isinstance(value, str) and 0 < len(value) <= 100 and all(c.isalnum() or c in "-_." for c in value)
