@@ -14,10 +14,9 @@ import numpy
 
 import data
 import modules
+import tasks
 from config import ModelConfig, TrainConfig, _choice, split_overrides
 from modules.model import RECIPE_1M
-
-TASK_FIELDS = ("task_vocab", "task_pairs", "task_states", "task_symbols")  # read only by the probes' datasets
 
 # --- named presets: a preset is a recipe (model and training), so `python train.py --preset NAME`
 # reproduces the shipped run NAME; every architecture's file declares its own -------------------
@@ -75,7 +74,7 @@ def check(model_cfg, train_cfg=None):
     modules.validate_config(model_cfg)
     if train_cfg is not None:
         used = getattr(data.dataset_class(train_cfg.dataset), "uses_fields", ())
-        for name in TASK_FIELDS:
+        for name in tasks.SyntheticTask.uses_fields:  # TrainConfig fields only the probes' datasets read
             default = TrainConfig.__dataclass_fields__[name].default
             if name not in used and getattr(train_cfg, name) != default:
                 raise ValueError(f"{name}={getattr(train_cfg, name)!r} is invalid for dataset={train_cfg.dataset!r}: it is "
