@@ -101,9 +101,9 @@ def plot_probes(summary, path=None):
     for ax, difficulty in zip(axes[0], difficulties):
         part = summary[summary["difficulty"] == difficulty]
         for preset, rows in part.groupby("preset", sort=False):
-            rows = rows.sort_values("width")
-            line, = ax.plot(rows["width"], rows["accuracy"], marker="o", label=preset)
-            ax.fill_between(rows["width"], rows["lo"], rows["hi"], color=line.get_color(), alpha=0.15)
+            width, accuracy, lo, hi = rows.sort_values("width")[["width", "accuracy", "lo", "hi"]].to_numpy(float).T
+            line, = ax.plot(width, accuracy, marker="o", label=preset)
+            ax.fill_between(width, lo, hi, color=line.get_color(), alpha=0.15)
         length, pairs = difficulty.split(":")
         ax.set(xscale="log", xlabel="width (dim)", title=f"length {length}, {pairs} pairs", ylim=(-0.02, 1.02))
         ax.set_xticks(sorted(set(part["width"])), labels=[str(w) for w in sorted(set(part["width"]))])

@@ -12,6 +12,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import config  # noqa: E402  (after ROOT is on the path)
 
+# the Muon tests need torch.optim.Muon (torch >= 2.9); on an older torch (.ci/lower_bounds) they skip
+needs_muon = pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
 FIXTURE_DATA = os.path.join(ROOT, "tests", "fixtures", "stories")
 SHARED_DATA = os.environ.get("MMS_DATA_DIR") or os.path.join(ROOT, "..", "shared", "data", "tinystories")
 

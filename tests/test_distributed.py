@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FIXTURE_DATA, ROOT
+from conftest import FIXTURE_DATA, ROOT, needs_muon
 
 ARGS = ["--preset", "tiny", "--device", "cpu", "--compile", "off", "--autocast", "off", "--dropout", "0",
         "--data_dir", FIXTURE_DATA, "--batch_size", "8", "--grad_accum_steps", "2", "--max_steps", "6",
@@ -29,7 +29,7 @@ def run(launcher, out_dir, name, optimizer="adamw"):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+@pytest.mark.parametrize("optimizer", ["adamw", pytest.param("muon", marks=needs_muon)])
 def test_two_gloo_processes_equal_one_process(tmp_path, optimizer):
     one_rows, one_weights, _ = run([], tmp_path, "one", optimizer)
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

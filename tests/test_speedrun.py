@@ -6,12 +6,13 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, needs_muon
 
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import speedrun  # noqa: E402
 
 
+@needs_muon
 def test_tiny_speedrun_reuses_the_base_and_resumes(tiny_run, tmp_path):
     model_cfg, train_cfg = speedrun.recipe_configs(tiny_run, "muon_qknorm", 0.5, 7, folder=str(tmp_path))
     assert (train_cfg.max_steps, train_cfg.optimizer, model_cfg.qk_norm, train_cfg.seed) == (3, "muon", True, 7)
@@ -36,6 +37,7 @@ def test_tiny_speedrun_reuses_the_base_and_resumes(tiny_run, tmp_path):
     assert again[0]["val_loss"] == rows[2]["val_loss"] and not again[0]["reached"]
 
 
+@needs_muon
 def test_tiny_speedrun_trains_the_reference_here_when_asked(tiny_run, tmp_path):
     seed = speedrun.runs.load_configs(tiny_run)[1].seed
     rows = speedrun.speedrun(tiny_run, ["muon"], [0.5], [seed], target=99.0, progress=False, folder=str(tmp_path),

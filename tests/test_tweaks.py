@@ -10,13 +10,14 @@ import config
 import presets
 import runs
 import train
-from conftest import assert_cache_matches_full, assert_causal, tiny_configs, validated
+from conftest import assert_cache_matches_full, assert_causal, needs_muon, tiny_configs, validated
 from modules import build_model, registered_types
 from modules.attention import Attention
 
 CPU = torch.device("cpu")
 
 
+@needs_muon
 @pytest.mark.parametrize("model_type", registered_types())
 def test_muon_takes_the_block_matrices_and_adamw_everything_else(model_type):
     model = build_model(presets.demo_config(model_type))
@@ -40,6 +41,7 @@ def test_untied_head_stays_with_adamw():
     assert model.head.weight not in train.muon_matrices(model)
 
 
+@needs_muon
 def test_a_checkpoint_of_another_optimizer_is_refused(tmp_path):
     cfg, tcfg = tiny_configs(max_steps=2, out_dir=str(tmp_path), optimizer="muon")
     model = build_model(cfg)
@@ -49,6 +51,7 @@ def test_a_checkpoint_of_another_optimizer_is_refused(tmp_path):
         muon.load_state_dict(adamw_state)
 
 
+@needs_muon
 @pytest.mark.parametrize("model_type", [t for t in registered_types() if t != "encdec"])  # encdec: test_momem
 def test_muon_trains_every_architecture_down(tmp_path, model_type):
     cfg = presets.demo_config(model_type)
