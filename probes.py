@@ -83,10 +83,12 @@ def cells(table):
     """Mean accuracy over seeds of the best learning rates, with the seeds' spread (min, max)
     and the mean of each run's own standard error (over its validation sequences)."""
     best = best_of_lrs(table)
-    grouped = best.groupby(["preset", "width", "difficulty"], sort=False)
-    out = grouped.agg(accuracy=("val_acc", "mean"), lo=("val_acc", "min"), hi=("val_acc", "max"),
-                      se=("val_acc_se", "mean"), seeds=("seed", "nunique"),
-                      best_lrs=("lr", lambda v: " ".join(f"{x:g}" for x in v))).reset_index()
+    keys = ["preset", "width", "difficulty"]
+    out = best.groupby(keys, sort=False).agg(
+        params=("non_embedding_params", "first"), accuracy=("val_acc", "mean"), lo=("val_acc", "min"),
+        hi=("val_acc", "max"), se=("val_acc_se", "mean"), seeds=("seed", "nunique"),
+        best_lrs=("lr", lambda v: " ".join(f"{x:g}" for x in v))).reset_index()
+    out = out.merge(table.groupby(keys)["lr"].nunique().rename("lrs").reset_index(), on=keys)
     order = {preset: i for i, preset in enumerate(dict.fromkeys(table["preset"]))}  # as planned; easy tasks first
     key = out.assign(_p=out["preset"].map(order), _l=[tuple(map(int, d.split(":"))) for d in out["difficulty"]])
     return out.loc[key.sort_values(["_p", "width", "_l"]).index].reset_index(drop=True)
@@ -121,10 +123,11 @@ def plot_probes(summary, path=None):
 def summary_markdown(summary, dataset):
     table = summary.assign(accuracy=[f"{a:.3f} ± {s:.3f}" for a, s in zip(summary["accuracy"], summary["se"])],
                            spread=[f"{lo:.3f} – {hi:.3f}" for lo, hi in zip(summary["lo"], summary["hi"])])
-    table = table[["preset", "width", "difficulty", "accuracy", "spread", "seeds", "best_lrs"]]
+    table = table[["preset", "width", "params", "difficulty", "accuracy", "spread", "seeds", "lrs", "best_lrs"]]
     return (f"# Capability probe: {dataset}\n\nBest learning rate per cell and seed; accuracy on answer positions "
-            "(mean over seeds ± the runs' standard error over validation sequences), the seeds' spread, and the "
-            f"learning rates that won.\n\n{tools.markdown_table(table)}\n\n![accuracy against width](probes.png)\n")
+            "(mean over seeds ± the runs' standard error over validation sequences), the seeds' spread, how many "
+            "learning rates were tried and which won; params counts the non-embedding parameters.\n\n"
+            f"{tools.markdown_table(table, {'params': '{:,}'})}\n\n![accuracy against width](probes.png)\n")
 
 
 def report(study_dir, out_dir=None):

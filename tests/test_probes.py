@@ -64,8 +64,11 @@ def test_bad_arguments_get_one_line(argv, message, capsys, tmp_path):
 
 
 def test_the_table_reads_as_written():
-    table = pd.DataFrame([dict(preset="a", width=16, difficulty="16:2", seed=1, lr=lr, val_acc=acc, val_acc_se=0.01)
-                          for lr, acc in ((1e-3, 0.4), (1e-2, 0.9))])
-    summary = probes.cells(table)
-    assert summary.accuracy.tolist() == [0.9] and summary.best_lrs.tolist() == ["0.01"]
-    assert "0.900 ± 0.010" in probes.summary_markdown(summary, "mqar")
+    table = pd.DataFrame([dict(preset="a", width=16, difficulty="16:2", seed=seed, lr=lr, val_acc=acc, val_acc_se=0.01,
+                               non_embedding_params=1234)
+                          for seed, lr, acc in ((1, 1e-3, 0.4), (1, 1e-2, 0.9), (2, 1e-3, 0.7), (2, 1e-2, 0.5))])
+    summary = probes.cells(table)  # best lr per seed (0.9, 0.7), then their mean and spread
+    assert summary.accuracy.tolist() == [pytest.approx(0.8)] and summary.best_lrs.tolist() == ["0.01 0.001"]
+    assert (summary.lo.tolist(), summary.hi.tolist(), summary.seeds.tolist(), summary.lrs.tolist()) == ([0.7], [0.9], [2], [2])
+    text = probes.summary_markdown(summary, "mqar")
+    assert "| 1,234 | 16:2 | 0.800 ± 0.010 | 0.700 – 0.900 | 2 | 2 | 0.01 0.001 |" in text
