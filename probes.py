@@ -1,7 +1,7 @@
 """Capability probes: which architecture can do what, in minutes, on synthetic tasks (tasks.py).
 
-    python probes.py --study mqar --presets llama_1m mamba2_1m --widths 64 128 --difficulties 64:4 128:8 \
-        --lrs 1e-3 3e-3 --seeds 1 --out comparison/probes
+    python probes.py --study mqar --presets llama_1m mamba2_1m --widths 32 64 128 --difficulties 64:4 64:8 \
+        --lrs 1e-3 3e-3 --seeds 1 --workers 2 --out comparison/probes/mqar
 
 A study is a grid of architectures (presets) x widths x task difficulties x learning rates x
 seeds. Every cell is a normal run folder, trained/probes/STUDY/PRESET_wWIDTH_LENGTH-PAIRS_lrLR_sSEED,
