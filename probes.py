@@ -90,7 +90,7 @@ def cells(table):
         best_lrs=("lr", lambda v: " ".join(f"{x:g}" for x in v))).reset_index()
     out = out.merge(table.groupby(keys)["lr"].nunique().rename("lrs").reset_index(), on=keys)
     order = {preset: i for i, preset in enumerate(dict.fromkeys(table["preset"]))}  # as planned; easy tasks first
-    key = out.assign(_p=out["preset"].map(order), _l=[tuple(map(int, d.split(":"))) for d in out["difficulty"]])
+    key = out.assign(_p=out["preset"].map(order), _l=[parse_difficulty(d) for d in out["difficulty"]])
     return out.loc[key.sort_values(["_p", "width", "_l"]).index].reset_index(drop=True)
 
 
@@ -99,7 +99,7 @@ def plot_probes(summary, path=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    difficulties = sorted(set(summary["difficulty"]), key=lambda d: tuple(map(int, d.split(":"))))
+    difficulties = sorted(set(summary["difficulty"]), key=parse_difficulty)
     fig, axes = plt.subplots(1, len(difficulties), figsize=(4.2 * len(difficulties), 3.6), squeeze=False, sharey=True)
     for ax, difficulty in zip(axes[0], difficulties):
         part = summary[summary["difficulty"] == difficulty]
@@ -107,9 +107,10 @@ def plot_probes(summary, path=None):
             width, accuracy, lo, hi = rows.sort_values("width")[["width", "accuracy", "lo", "hi"]].to_numpy(float).T
             line, = ax.plot(width, accuracy, marker="o", label=preset)
             ax.fill_between(width, lo, hi, color=line.get_color(), alpha=0.15)
-        length, pairs = difficulty.split(":")
+        length, pairs = parse_difficulty(difficulty)
         ax.set(xscale="log", xlabel="width (dim)", title=f"length {length}, {pairs} pairs", ylim=(-0.02, 1.02))
-        ax.set_xticks(sorted(set(part["width"])), labels=[str(w) for w in sorted(set(part["width"]))])
+        widths = sorted(set(part["width"]))
+        ax.set_xticks(widths, labels=[str(w) for w in widths])
         ax.minorticks_off()
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy on answers (best lr)")
