@@ -6,7 +6,8 @@ On a CUDA machine, in this order (each step's command, seconds and output go to 
   1. the tests of the CUDA code paths (`pytest -m cuda`: compiled static decode equals eager
      decode, bf16 autocast with fused AdamW and with Muon, a save and resume bit-identical);
   2. training tokens/s and MFU: llama_1m at batch 64, llama_stories15m at its preset batch;
-  3. decoding tokens/s of trained/llama_1m with the compiled step, batch 1 and 8;
+  3. decoding tokens/s at 512 tokens of context, trained/llama_1m's KV cache against
+     trained/mamba2_1m's recurrent state (eager and compiled step), batch 1 and 8;
   4. llama_stories15m trained for about 2 minutes on the local TinyStories slice (loss_curve.png);
   5. 8 llama_1m runs at once on the one GPU against one alone (aggregate tokens/s).
 Without CUDA it says so in one line, trains a tiny model for a few steps on the CPU as a smoke
@@ -67,8 +68,9 @@ def gpu_checks(report, out):
     _, text = step(report, "2b. training llama_stories15m, preset batch", [py, "bench/train_throughput.py", "--presets",
                    "llama_stories15m", "--batch_size", "0", "--modes", "compiled + bf16", "--steps", "10"], 120)
     for batch in (1, 8):
-        step(report, f"3. decoding trained/llama_1m, batch {batch}", [py, "bench/generate_throughput.py",
-             "--batch_size", str(batch), "--new_tokens", "256", "--no_recompute"], 90)
+        step(report, f"3. decoding trained/llama_1m and trained/mamba2_1m at 512 tokens of context, batch {batch}",
+             [py, "bench/generate_throughput.py", "--model", "trained/llama_1m", "trained/mamba2_1m", "--batch_size",
+              str(batch), "--prompt_tokens", "255", "--new_tokens", "256", "--no_recompute"], 150)
     # about 2 minutes of training at the throughput step 2b measured (128 x 256 tokens a step)
     found = re.search(r"([\d,]+) tokens/s", text)
     steps = max(50, int(120 * int(found.group(1).replace(",", "")) / (128 * 256))) if found else 1000

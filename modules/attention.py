@@ -44,6 +44,12 @@ class DecodeCache:
             for tensor in _tensors(vars(self)):
                 torch._dynamo.mark_static_address(tensor)
 
+    def nbytes(self):
+        """Bytes of the decoding state this cache holds (a KV cache's buffers are allocated for the
+        full context up front, so this is its size at max_len), its per-forward masks aside."""
+        state = {name: value for name, value in vars(self).items() if name != "_memo"}
+        return sum(t.numel() * t.element_size() for t in _tensors(state))
+
     def new_slots(self, num_new):
         """(num_new,) slots the new tokens go to."""
         return self.length + torch.arange(num_new, device=self.pad.device)

@@ -131,18 +131,18 @@ def ssd_step(x, log_decay, b, c, state):
 # --- the model ---------------------------------------------------------------------------------------
 class Mamba2Cache(DecodeCache):
     """Recurrent decoding state of every layer: conv[layer] (B, E + 2GN, K - 1), the last conv
-    inputs; ssm[layer] (B, H, P, N) in fp32. Neither grows with the tokens generated. Each is one
-    tensor over the layers (written in place through a layer's view): a compiled decode step then
-    guards two tensors, not two per layer."""
+    inputs; ssm[layer] (B, H, P, N) in fp32. Neither grows with the tokens generated. One tensor
+    per layer, as KVCache keeps them: a compiled step writes each in place, whereas writing a
+    layer's slice of one stacked tensor becomes a copy of every layer's state, per layer."""
 
     def __init__(self, cfg, batch_size, device, dtype, pad=None):
         super().__init__(batch_size, cfg.max_seq_len, device, pad)
         d_inner = cfg.mamba_expand * cfg.dim
         heads, channels = d_inner // cfg.mamba_head_dim, d_inner + 2 * cfg.mamba_groups * cfg.mamba_state_dim
-        self.conv = torch.zeros(cfg.num_layers, batch_size, channels, cfg.mamba_conv_width - 1, device=device,
-                                dtype=dtype)
-        self.ssm = torch.zeros(cfg.num_layers, batch_size, heads, cfg.mamba_head_dim, cfg.mamba_state_dim,
-                               device=device, dtype=torch.float32)
+        self.conv = [torch.zeros(batch_size, channels, cfg.mamba_conv_width - 1, device=device, dtype=dtype)
+                     for _ in range(cfg.num_layers)]
+        self.ssm = [torch.zeros(batch_size, heads, cfg.mamba_head_dim, cfg.mamba_state_dim, device=device,
+                                dtype=torch.float32) for _ in range(cfg.num_layers)]
 
 
 class Mamba2Mixer(LoggingModule):

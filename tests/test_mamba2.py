@@ -84,21 +84,17 @@ def test_left_padded_batch_decodes_as_each_row_alone():
     torch.testing.assert_close(step[1, 0], alone_b[0, 12], atol=1e-5, rtol=1e-5)
 
 
-def cache_bytes(cache):
-    return sum(t.numel() * t.element_size() for t in (cache.conv, cache.ssm))
-
-
 def test_the_cache_does_not_grow_with_the_tokens_generated():
     model = build_model(mamba_cfg(max_seq_len=256)).eval()
     cache = model.new_cache(1)
-    before = cache_bytes(cache)
+    before = cache.nbytes()
     with torch.no_grad():
         model(torch.randint(512, (1, 5)), cache=cache)
         for _ in range(100):
             model(torch.randint(512, (1, 1)), cache=cache)
-    assert isinstance(cache, Mamba2Cache) and cache_bytes(cache) == before and cache.length == 105
+    assert isinstance(cache, Mamba2Cache) and cache.nbytes() == before and cache.length == 105
     # and it is the size of the state, not of the context: a context 8x longer, the same cache
-    assert cache_bytes(build_model(mamba_cfg(max_seq_len=2048)).new_cache(1)) == before
+    assert build_model(mamba_cfg(max_seq_len=2048)).new_cache(1).nbytes() == before
 
 
 def test_generate_with_the_recurrent_cache_equals_recomputation():
