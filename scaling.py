@@ -366,7 +366,8 @@ def train_in_workers(argv, planned, workers, script):
         raise ValueError(f"--workers={workers!r} is invalid: must be an integer from 1 to 64")
     if "--shard" in argv:
         raise ValueError("--workers and --shard cannot be combined: --workers N runs the shards 0/N .. N-1/N itself")
-    argv = [a for i, a in enumerate(argv) if a != "--workers" and (i == 0 or argv[i - 1] != "--workers")]
+    argv = [a for i, a in enumerate(argv) if a not in ("--workers", "--no_report") and not a.startswith("--workers=")
+            and (i == 0 or argv[i - 1] != "--workers")]  # each worker gets --shard and --no_report, once
     commands = [[sys.executable, script, *argv, "--shard", f"{i}/{workers}", "--no_report"]
                 for i in range(workers)]
     codes, tokens_per_s = runs.run_workers(commands, lambda: [runs.run_dir(t) for _, t, _ in planned])

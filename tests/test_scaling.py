@@ -114,6 +114,15 @@ def test_bad_arguments_get_one_line(argv, message, capsys, tmp_path):
     assert message in capsys.readouterr().err
 
 
+def test_each_worker_gets_its_shard_and_no_report_once(monkeypatch):
+    """The workers' commands drop --workers (either spelling) and the user's --no_report, then
+    add --shard I/N and --no_report once each."""
+    seen = []
+    monkeypatch.setattr(scaling.runs, "run_workers", lambda commands, dirs: (seen.extend(commands), ([0, 0], 1.0))[1])
+    scaling.train_in_workers(["--study", "x", "--workers=2", "--no_report", "--workers", "2"], [], 2, "study.py")
+    assert [c[1:] for c in seen] == [["study.py", "--study", "x", "--shard", f"{i}/2", "--no_report"] for i in (0, 1)]
+
+
 def test_two_workers_train_to_the_same_results_as_one_after_the_other(tmp_path, capsys):
     """--workers 2 trains the study's two runs in two processes at once: the same final losses
     as training them in this process one after the other, and an aggregate tokens/s."""
