@@ -34,6 +34,9 @@ DEFAULTS = dict(dataset="mqar", tokenizer="bpe512", task_vocab=256, batch_size=6
                 checkpoint_interval=250, eval_tokens=65536, dropout=0.0, weight_decay=0.1, compile="off")
 
 
+COUNTED = {"mqar": "pairs", "mqar_control": "pairs", "copying": "ids to copy"}  # what a difficulty's PAIRS counts
+
+
 def parse_difficulty(text):
     """'128:8' -> (128, 8): sequence length and pairs."""
     try:
@@ -94,7 +97,13 @@ def cells(table):
     return out.loc[key.sort_values(["_p", "width", "_l"]).index].reset_index(drop=True)
 
 
-def plot_probes(summary, path=None):
+def difficulty_title(difficulty, dataset):
+    """'64:4' -> 'length 64, 4 pairs' (mqar), 'length 128' (icll, whose difficulty has no pairs)."""
+    length, pairs = parse_difficulty(difficulty)
+    return f"length {length}, {pairs} {COUNTED[dataset]}" if dataset in COUNTED else f"length {length}"
+
+
+def plot_probes(summary, path=None, dataset="mqar"):
     """Accuracy against width, one panel per difficulty, one line per architecture, seed spread shaded."""
     import matplotlib
     matplotlib.use("Agg")
@@ -107,8 +116,8 @@ def plot_probes(summary, path=None):
             width, accuracy, lo, hi = rows.sort_values("width")[["width", "accuracy", "lo", "hi"]].to_numpy(float).T
             line, = ax.plot(width, accuracy, marker="o", label=preset)
             ax.fill_between(width, lo, hi, color=line.get_color(), alpha=0.15)
-        length, pairs = parse_difficulty(difficulty)
-        ax.set(xscale="log", xlabel="width (dim)", title=f"length {length}, {pairs} pairs", ylim=(-0.02, 1.02))
+        ax.set(xscale="log", xlabel="width (dim)", title=f"{dataset}: {difficulty_title(difficulty, dataset)}",
+               ylim=(-0.02, 1.02))
         widths = sorted(set(part["width"]))
         ax.set_xticks(widths, labels=[str(w) for w in widths])
         ax.minorticks_off()
@@ -143,7 +152,7 @@ def report(study_dir, out_dir=None):
     dataset = config.load_json(config.TrainConfig, os.path.join(study_dir, table["run"][0], "train_config.json")).dataset
     with open(os.path.join(out_dir, "summary.md"), "w", encoding="utf-8") as f:
         f.write(summary_markdown(summary, dataset))
-    plot_probes(summary, os.path.join(out_dir, "probes.png"))
+    plot_probes(summary, os.path.join(out_dir, "probes.png"), dataset)
     return table, summary
 
 

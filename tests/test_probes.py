@@ -72,3 +72,9 @@ def test_the_table_reads_as_written():
     assert (summary.lo.tolist(), summary.hi.tolist(), summary.seeds.tolist(), summary.lrs.tolist()) == ([0.7], [0.9], [2], [2])
     text = probes.summary_markdown(summary, "mqar")
     assert "| 1,234 | 16:2 | 0.800 ± 0.010 | 0.700 – 0.900 | 2 | 2 | 0.01 0.001 |" in text
+
+
+def test_a_panel_title_says_what_the_difficulty_counts():
+    assert probes.difficulty_title("64:4", "mqar") == "length 64, 4 pairs"
+    assert probes.difficulty_title("64:16", "copying") == "length 64, 16 ids to copy"
+    assert probes.difficulty_title("128:1", "icll") == "length 128"  # icll has no pairs
