@@ -46,6 +46,8 @@ def main():
                    "default: 'Once upon a time'), so decoding runs at a longer context")
     p.add_argument("--no_recompute", action="store_true", help="skip full recomputation (slow at long contexts)")
     args = p.parse_args()
+    if args.new_tokens < 2:
+        p.error(f"--new_tokens={args.new_tokens} is invalid: decoding is timed after the first new token, so give 2 or more")
     modes = {"cache": {}, "cache + compiled step": {"compile": True}}
     if not args.no_recompute:
         modes["full recomputation"] = {"use_cache": False}
@@ -72,9 +74,9 @@ def main():
     for _ in range(args.repeats):
         for mode, options in modes.items():
             for path, (model, tokenizer, prompts) in runs.items():
-                now = measure(model, tokenizer, prompts, args.new_tokens, **options)
-                best[path, mode] = tuple(max(a, b) if i < 2 else min(a, b)
-                                         for i, (a, b) in enumerate(zip(best[path, mode], now)))
+                total, decode, prompt_ms = measure(model, tokenizer, prompts, args.new_tokens, **options)
+                old = best[path, mode]
+                best[path, mode] = (max(old[0], total), max(old[1], decode), min(old[2], prompt_ms))
     width = max(map(len, runs))
     print(f"best of {args.repeats} repeats:\n  {'model':<{width}}  {'mode':<22} {'tokens/s':>9} {'decode tokens/s':>16} "
           f"{'prompt ms':>10}")
